@@ -1,0 +1,3 @@
+from dsm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""The `dsm` command line: one subcommand per pipeline stage, argument parsing only.
+
+Every subcommand's handler imports its module lazily (so `dsm --help` is fast) and
+calls one library function. A :class:`dsm.errors.DsmError` becomes a one-line
+``dsm <cmd>: error: ...`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dsm.errors import DsmError
+
+
+def _add_params_options(p: argparse.ArgumentParser) -> None:
+    """--params/--scale/--set, shared by the commands the pipeline calls."""
+    p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    p.add_argument("--scale", default=None,
+                   help="scale section of params.yaml to use (default: the active one, `run`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter of the scale section, e.g. train.steps=100")
+
+
+def _scale_cfg(args) -> dict:
+    from dsm.config import apply_overrides, load_scale
+
+    return apply_overrides(load_scale(args.params, args.scale), args.overrides)
+
+
+# --- data (issue: data sources and splits) -----------------------------------------
+
+def _add_prepare(sub):
+    p = sub.add_parser("prepare", help="prepare a dataset into the common on-disk store",
+                       description="Prepare a data source (data.* of the scale) into DIR/train and DIR/test.")
+    _add_params_options(p)
+    p.add_argument("--out", required=True, help="output directory of the prepared store")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args):
+    from dsm.data.prepare import prepare
+
+    prepare(_scale_cfg(args)["data"], args.out)
+
+
+def _add_split(sub):
+    p = sub.add_parser("split", help="write the disjoint nested A/B training splits",
+                       description="A = the first N, B = the last N training images, for each N of split.N.")
+    _add_params_options(p)
+    p.add_argument("--data", required=True, help="prepared store directory (from `dsm prepare`)")
+    p.add_argument("--out", required=True, help="output Parquet file of the splits")
+    p.set_defaults(func=_run_split)
+
+
+def _run_split(args):
+    from dsm.data.splits import make_splits
+
+    make_splits(args.data, _scale_cfg(args)["split"], args.out)
+
+
+# --- training and evaluation --------------------------------------------------------
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train an energy (or score) model; resumes from OUT",
+                       description="Train one model on split SPLIT of size N. Rerunning the same command resumes.")
+    _add_params_options(p)
+    p.add_argument("--data", required=True, help="prepared store directory")
+    p.add_argument("--splits", required=True, help="splits Parquet (from `dsm split`)")
+    p.add_argument("--N", type=int, required=True, help="training set size")
+    p.add_argument("--split", choices=["A", "B"], required=True, help="which training set")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, model.pt)")
+    p.add_argument("--device", default=None, help="override device: auto, cpu, cuda, cuda:1 ...")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args):
+    from dsm.train import train_from_params
+
+    train_from_params(_scale_cfg(args), data=args.data, splits=args.splits, n=args.N,
+                      split=args.split, out=args.out, device=args.device)
+
+
+def _add_normalize(sub):
+    p = sub.add_parser("normalize", help="normalization constant of a trained energy model",
+                       description="c = (d/2) ln(2πe t_max) - mean U(x + sqrt(t_max) z, t_max) over held-out images.")
+    _add_params_options(p)
+    p.add_argument("--model", required=True, help="trained model file (model.pt)")
+    p.add_argument("--data", required=True, help="prepared store directory (its test part is used)")
+    p.add_argument("--out", required=True, help="output JSON")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_normalize)
+
+
+def _run_normalize(args):
+    from dsm.evaluate import normalize_from_params
+
+    normalize_from_params(_scale_cfg(args), model=args.model, data=args.data, out=args.out,
+                          device=args.device)
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="per-image log p of a model into Parquet",
+                       description="One-shot log p at t = 0 on the model's own, the other set's and test images.")
+    _add_params_options(p)
+    p.add_argument("--model", required=True, help="trained model file (model.pt)")
+    p.add_argument("--norm", required=True, help="normalization JSON (from `dsm normalize`)")
+    p.add_argument("--data", required=True, help="prepared store directory")
+    p.add_argument("--splits", required=True, help="splits Parquet")
+    p.add_argument("--N", type=int, required=True)
+    p.add_argument("--split", choices=["A", "B"], required=True)
+    p.add_argument("--out", required=True, help="output Parquet")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args):
+    from dsm.evaluate import evaluate_from_params
+
+    evaluate_from_params(_scale_cfg(args), model=args.model, norm=args.norm, data=args.data,
+                         splits=args.splits, n=args.N, split=args.split, out=args.out,
+                         device=args.device)
+
+
+# --- analyses and figures -----------------------------------------------------------
+
+def _add_fig1(sub):
+    p = sub.add_parser("fig1", help="Figure 1: single vs dual score matching on a Gaussian scale mixture",
+                       description="Train the mixture-of-quadratics model by SSM and DSM; write fig1.pdf and metrics.json.")
+    _add_params_options(p)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_fig1)
+
+
+def _run_fig1(args):
+    from dsm.figures.fig1 import fig1_from_params
+
+    fig1_from_params(_scale_cfg(args), out=args.out, device=args.device)
+
+
+BUILDERS = [_add_prepare, _add_split, _add_train, _add_normalize, _add_evaluate, _add_fig1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dsm", description="Normalized image densities by dual score matching.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in BUILDERS:
+        add(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except DsmError as e:
+        print(f"dsm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dsm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Loading params.yaml and selecting a scale.
+
+params.yaml holds one complete section per scale under ``scales:`` and the switch
+``run: *<scale>`` (a YAML alias of one of them), which DVC and Snakemake both read.
+``load_scale`` returns the resolved section of one scale as a plain dict, validated
+against ``workflow/schemas/params.schema.yaml`` when that schema is present.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dsm.errors import DsmError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
+
+
+def read_yaml(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DsmError(f"{path}: file not found")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise DsmError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise DsmError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_scale(params_path="params.yaml", scale: str | None = None, validate: bool = True) -> dict:
+    """The parameter section of ``scale`` (default: the active one, ``run``)."""
+    params = read_yaml(params_path)
+    if validate:
+        validate_params(params, source=str(params_path))
+    if scale is None:
+        if "run" not in params:
+            raise DsmError(f"{params_path}: key 'run' missing (the active scale)")
+        return copy.deepcopy(params["run"])
+    scales = params.get("scales") or {}
+    if scale not in scales:
+        raise DsmError(
+            f"{params_path}: scales.{scale}: unknown scale (known: {', '.join(sorted(scales))})"
+        )
+    return copy.deepcopy(scales[scale])
+
+
+def validate_params(params: dict, source: str = "params.yaml") -> None:
+    """Validate against the JSON schema; the error names the dotted key."""
+    if not SCHEMA_PATH.is_file():
+        return
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        key = ".".join(str(p) for p in e.absolute_path) or "<top level>"
+        raise DsmError(f"{source}: {key}: {e.message}")
+
+
+def get(cfg: dict, dotted: str, default: Any = ...) -> Any:
+    """``cfg['a']['b']`` for ``'a.b'``; a missing key without default is a DsmError."""
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            if default is ...:
+                raise DsmError(f"params: key '{dotted}' missing")
+            return default
+        node = node[part]
+    return node
+
+
+def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` overrides (value parsed as YAML) to a copy of ``cfg``."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides or []:
+        if "=" not in item:
+            raise DsmError(f"--set {item!r}: expected KEY=VALUE")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        node = cfg
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise DsmError(f"--set {key}: '{part}' is not a section")
+        node[parts[-1]] = value
+    return cfg
