@@ -1,0 +1,30 @@
+# Two entry points (see README): `make figures` and `make test`.
+# Both create ./.venv on first use; the CPU build of PyTorch is taken because
+# pyproject.toml caps torch below 2.14 (an unconstrained torch pulls a CUDA build).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+CORES   ?= 2
+
+.PHONY: venv figures test bench clean-venv
+
+$(BIN)/dsm: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[pipeline,test]'
+	touch $(BIN)/dsm
+
+venv: $(BIN)/dsm
+
+# The main job: every figure of the active scale (params.yaml `run:`), locally.
+figures: venv
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) all
+
+test: venv
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -ra tests
+
+bench: venv
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/step_time.py
+
+clean-venv:
+	rm -rf $(VENV)
