@@ -41,7 +41,7 @@ def _add_prepare(sub):
 def _run_prepare(args):
     from dsm.data.prepare import prepare
 
-    prepare(_scale_cfg(args)["data"], args.out)
+    prepare(_scale_cfg(args).get("data"), args.out)
 
 
 def _add_split(sub):
@@ -56,7 +56,7 @@ def _add_split(sub):
 def _run_split(args):
     from dsm.data.splits import make_splits
 
-    make_splits(args.data, _scale_cfg(args)["split"], args.out)
+    make_splits(args.data, _scale_cfg(args).get("split"), args.out)
 
 
 # --- training and evaluation --------------------------------------------------------
@@ -140,6 +140,66 @@ def _run_fig1(args):
 
 
 BUILDERS = [_add_prepare, _add_split, _add_train, _add_normalize, _add_evaluate, _add_fig1]
+
+
+# --- Figure 2: comparison of the A and B models, the figure, Snakemake <-> DVC sync --
+
+def _add_compare(sub):
+    p = sub.add_parser("compare", help="Figure 2 metrics: do the A and B models agree, per N",
+                       description="Per N: Pearson r, RMS and mean of log p_A - log p_B (dB/dim) on the "
+                                   "models' own training images, and errors against the exact log p.")
+    _add_params_options(p)
+    p.add_argument("--logp", required=True, help="directory of the per-image tables N{N}-{A,B}.parquet")
+    p.add_argument("--out", required=True, help="output metrics JSON")
+    p.add_argument("--by-n", default=None, help="also write the per-N metrics as CSV (DVC plots)")
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args):
+    from dsm.analysis.generalization import compare_from_params
+
+    compare_from_params(_scale_cfg(args), logp=args.logp, out=args.out, by_n_csv=args.by_n)
+
+
+def _add_fig2(sub):
+    p = sub.add_parser("fig2", help="Figure 2: log p_A against log p_B, one panel per N",
+                       description="Plot the per-image tables of the Ns in METRICS (from `dsm compare`).")
+    _add_params_options(p)
+    p.add_argument("--logp", required=True, help="directory of the per-image tables")
+    p.add_argument("--metrics", required=True, help="metrics JSON from `dsm compare`")
+    p.add_argument("--out", required=True, help="output PDF")
+    p.set_defaults(func=_run_fig2)
+
+
+def _run_fig2(args):
+    from dsm.figures.fig2 import fig2_from_params
+
+    fig2_from_params(_scale_cfg(args), logp=args.logp, metrics=args.metrics, out=args.out)
+
+
+def _add_sync(sub):
+    p = sub.add_parser("sync", help="make Snakemake and DVC agree on what is up to date",
+                       description="`dsm sync dvc`: after a Snakemake run, record its outputs in dvc.lock "
+                                   "(dvc commit -f). `dsm sync snakemake`: after dvc pull/checkout/repro, "
+                                   "mark the outputs up to date for Snakemake (snakemake --touch --forceall).")
+    p.add_argument("tool", choices=["dvc", "snakemake"], help="the tool to bring up to date")
+    p.add_argument("--root", default=".", help="repository root (default: .)")
+    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="passed to snakemake --config")
+    p.set_defaults(func=_run_sync)
+
+
+def _run_sync(args):
+    from dsm import sync
+
+    extra = ["--config", *args.config] if args.config else []
+    if args.tool == "dvc":
+        sync.sync_dvc(args.root, extra=extra)
+    else:
+        sync.sync_snakemake(args.root, extra=extra)
+
+
+BUILDERS += [_add_compare, _add_fig2, _add_sync]
 
 
 def build_parser() -> argparse.ArgumentParser:

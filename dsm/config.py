@@ -66,6 +66,7 @@ def validate_params(params: dict, source: str = "params.yaml") -> None:
         e = errors[0]
         key = ".".join(str(p) for p in e.absolute_path) or "<top level>"
         raise DsmError(f"{source}: {key}: {e.message}")
+    check_params(params, source)
 
 
 def get(cfg: dict, dotted: str, default: Any = ...) -> Any:
@@ -96,3 +97,50 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
                 raise DsmError(f"--set {key}: '{part}' is not a section")
         node[parts[-1]] = value
     return cfg
+
+
+# Sizes of the real sources' training sets, for checks when `data.n_train` is null.
+SOURCE_TRAIN_SIZES = {"fashion-mnist": 60_000, "cifar10": 50_000, "imagenet64": 1_281_167}
+
+
+def check_params(params: dict, source: str = "params.yaml") -> None:
+    """Checks the schema cannot express; the error names the dotted key.
+
+    * each scale's ``name`` equals its key, and ``run`` is one of the scales
+      (the same values as ``scales[run.name]``, which is what commands read);
+    * the A and B sets are disjoint: 2 max(split.N) <= data.n_train;
+    * the image size is divisible by 2^(number of scales) of the UNet;
+    * a field source has one weight per scale.
+    """
+    scales = params.get("scales") or {}
+    sections = [(f"scales.{k}", v) for k, v in scales.items()]
+    if "run" in params:
+        sections.append(("run", params["run"]))
+    for where, cfg in sections:
+        if not isinstance(cfg, dict):
+            continue
+        if where != "run" and cfg.get("name") != where.split(".", 1)[1]:
+            raise DsmError(f"{source}: {where}.name: {cfg.get('name')!r} must equal the "
+                           f"scale's key {where.split('.', 1)[1]!r}")
+        data, split, model = cfg.get("data", {}), cfg.get("split", {}), cfg.get("model", {})
+        n_train = data.get("n_train") or SOURCE_TRAIN_SIZES.get(data.get("source"))
+        if n_train and split.get("N") and 2 * max(split["N"]) > n_train:
+            raise DsmError(f"{source}: {where}.split.N: 2 x max(N) = {2 * max(split['N'])} "
+                           f"exceeds {where}.data.n_train = {n_train} (A and B must be disjoint)")
+        widths, size = model.get("widths") or [], data.get("image_size")
+        if widths and size and size % 2 ** len(widths):
+            raise DsmError(f"{source}: {where}.data.image_size: {size} is not divisible by "
+                           f"2^{len(widths)} (model.widths has {len(widths)} scales)")
+        field = data.get("field") or {}
+        if "scales" in field and "weights" in field and len(field["scales"]) != len(field["weights"]):
+            raise DsmError(f"{source}: {where}.data.field.weights: need one weight per scale "
+                           f"(data.field.scales has {len(field['scales'])})")
+    run = params.get("run")
+    if isinstance(run, dict) and scales:
+        name = run.get("name")
+        if name not in scales:
+            raise DsmError(f"{source}: run.name: {name!r} is not a scale "
+                           f"(known: {', '.join(sorted(scales))}); write `run: *<scale>`")
+        if scales[name] != run:
+            raise DsmError(f"{source}: run: differs from scales.{name}; write `run: *{name}` "
+                           f"(an alias), not a copy")

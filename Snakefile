@@ -1,0 +1,41 @@
+# The paper's pipeline (see README and docs/pipeline.md). Thin: parameters come from
+# params.yaml (validated against workflow/schemas/params.schema.yaml); every rule is
+# one `dsm` command, the same command as the matching stage of dvc.yaml.
+#
+#   snakemake --cores 8 figures/fig2.pdf          # Figure 2 of the active scale
+#   snakemake --config scale=paper -n all        # plan another scale
+
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    scale="|".join(re.escape(s) for s in SCALES),
+    N=r"\d+",
+    split="A|B",
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/figures.smk"
+
+
+localrules:
+    all,
+
+
+rule all:
+    input:
+        "figures/fig1.pdf",
+        "figures/fig2.pdf",
+    default_target: True

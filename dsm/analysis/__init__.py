@@ -1,0 +1,1 @@
+"""Analyses of per-image results: generalization (A vs B, Figure 2), ..."""

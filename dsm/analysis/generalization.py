@@ -1,0 +1,151 @@
+"""Do two models trained on disjoint sets A and B assign the same log p? (Figure 2)
+
+For each N the inputs are the per-image tables of the two models ``N{N}-A`` and
+``N{N}-B`` (``dsm evaluate``: one row per image and model, log p in dB/dim). The
+comparison set is each model's own training images, i.e. the A images and the B
+images (at most ``evaluate.max_per_set`` of each), every one of them scored by both
+models. Per N:
+
+* ``pearson_r``   Pearson correlation of log p_A and log p_B (null below 3 images);
+* ``rms_db``      RMS of log p_A - log p_B, dB/dim;
+* ``mean_db``     mean of log p_A - log p_B, dB/dim (a pure offset of one model's
+                  normalization constant shows here);
+* the same three on held-out test images (``test_*``);
+* on a source with an exact density (``field``): ``exact_mean_err_db`` and
+  ``exact_rms_err_db``, the mean and RMS of (model - exact) log p over both models
+  on their own training images, and ``test_exact_*`` on test images.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dsm.errors import DsmError
+
+# Column names of the per-image tables (dsm.evaluate; schema in the README).
+SET, ID, LOGP, EXACT = "image_set", "image_id", "logp_db_per_dim", "exact_logp_db_per_dim"
+SPLITS = ("A", "B")
+
+
+def table_path(logp_dir, n: int, split: str) -> Path:
+    """The per-image table of model ``N{n}-{split}`` (a fixed function of N and split)."""
+    return Path(logp_dir) / f"N{n}-{split}.parquet"
+
+
+def read_table(path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise DsmError(f"{path}: per-image log p table not found (run `dsm evaluate`)")
+    df = pd.read_parquet(path)
+    missing = [c for c in (SET, ID, LOGP) if c not in df.columns]
+    if missing:
+        raise DsmError(f"{path}: columns {missing} missing (has {list(df.columns)})")
+    return df
+
+
+def pair_tables(table_a: pd.DataFrame, table_b: pd.DataFrame, sets=SPLITS) -> pd.DataFrame:
+    """One row per image of ``sets`` scored by both models.
+
+    Columns: image_id, image_set, logp_a, logp_b (dB/dim), and exact (dB/dim) when the
+    tables carry the exact log p.
+    """
+    cols = [ID, SET, LOGP] + ([EXACT] if EXACT in table_a.columns else [])
+    a = table_a.loc[table_a[SET].isin(sets), cols].rename(columns={LOGP: "logp_a", EXACT: "exact"})
+    b = table_b.loc[table_b[SET].isin(sets), [ID, SET, LOGP]].rename(columns={LOGP: "logp_b"})
+    pairs = a.merge(b, on=[ID, SET], how="inner", validate="one_to_one")
+    if len(pairs) < min(len(a), len(b)):
+        raise DsmError("the A and B tables do not score the same images "
+                       f"({len(a)} and {len(b)} rows, {len(pairs)} in common)")
+    return pairs.reset_index(drop=True)
+
+
+def agreement(x: np.ndarray, y: np.ndarray) -> dict:
+    """Pearson r, RMS and mean of x - y (dB/dim), and the number of images."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    diff = x - y
+    r = None
+    if len(x) >= 3 and np.std(x) > 0 and np.std(y) > 0:
+        r = float(np.corrcoef(x, y)[0, 1])
+    return {
+        "n_images": int(len(x)),
+        "pearson_r": r,
+        "rms_db": float(np.sqrt(np.mean(diff**2))) if len(x) else None,
+        "mean_db": float(np.mean(diff)) if len(x) else None,
+    }
+
+
+def exact_errors(pairs: pd.DataFrame, prefix: str = "") -> dict:
+    """Mean and RMS of (model - exact) log p, both models pooled, each on its own images.
+
+    On the training sets (``prefix=''``) model A is scored on the A images and model B
+    on the B images; on test images (``prefix='test_'``) both models on all of them.
+    """
+    if "exact" not in pairs or pairs["exact"].isna().all():
+        return {}
+    if prefix:
+        err = np.concatenate([pairs["logp_a"] - pairs["exact"], pairs["logp_b"] - pairs["exact"]])
+    else:
+        own_a, own_b = pairs[SET] == "A", pairs[SET] == "B"
+        err = np.concatenate([(pairs["logp_a"] - pairs["exact"])[own_a],
+                              (pairs["logp_b"] - pairs["exact"])[own_b]])
+    return {f"{prefix}exact_mean_err_db": float(np.mean(err)),
+            f"{prefix}exact_rms_err_db": float(np.sqrt(np.mean(err**2)))}
+
+
+def metrics_for_n(table_a: pd.DataFrame, table_b: pd.DataFrame) -> dict:
+    """All per-N metrics of one pair of models (see the module docstring)."""
+    train = pair_tables(table_a, table_b, SPLITS)
+    out = agreement(train["logp_a"], train["logp_b"])
+    out.update(exact_errors(train))
+    test = pair_tables(table_a, table_b, ("test",))
+    if len(test):
+        out.update({f"test_{k}": v for k, v in agreement(test["logp_a"], test["logp_b"]).items()})
+        out.update(exact_errors(test, "test_"))
+    return out
+
+
+def compare(logp_dir, ns) -> dict:
+    """Per-N metrics over the tables ``logp_dir/N{N}-{A,B}.parquet``, keyed by str(N)."""
+    by_n = {}
+    for n in ns:
+        a = read_table(table_path(logp_dir, n, "A"))
+        b = read_table(table_path(logp_dir, n, "B"))
+        by_n[str(n)] = metrics_for_n(a, b)
+    return by_n
+
+
+def compare_from_params(cfg: dict, logp, out, by_n_csv=None) -> dict:
+    """`dsm compare`: metrics JSON (DVC metrics) and a per-N CSV (DVC plots)."""
+    from dsm.io import code_version, write_json, write_text
+
+    ns = sorted(int(n) for n in cfg["split"]["N"])
+    by_n = compare(logp, ns)
+    first = read_table(table_path(logp, ns[0], "A"))
+    metrics = {
+        "scale": cfg.get("name"),
+        "dataset": str(first["dataset"].iloc[0]) if "dataset" in first and len(first) else None,
+        "units": "log p in dB/dim; differences are model A - model B",
+        "images": "each model's own training images (A and B), scored by both models",
+        "code_version": code_version(),
+        "by_N": by_n,
+    }
+    write_json(out, _finite(metrics))
+    if by_n_csv is not None:
+        rows = [{"N": int(n), **m} for n, m in by_n.items()]
+        write_text(by_n_csv, pd.DataFrame(rows).to_csv(index=False))
+    return metrics
+
+
+def _finite(obj):
+    """NaN/inf -> None, so the JSON is valid for every reader."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,225 @@
+"""``dsm prepare``: validate the ``data`` params, dispatch to a source, write the store.
+
+Data params (the ``data`` section of a scale; defaults in brackets):
+
+* ``source``     [field] one of field, gsm, fashion-mnist, imagenet64, cifar10, folder.
+* ``root``       [null] directory of the raw files (real sources). null means the
+                 source's default: fashion-mnist ``/usr/share/datasets/fashion-mnist``
+                 (Debian package ``dataset-fashion-mnist``); the others require it.
+* ``image_size`` [null] output height = width in pixels. null: the source's native
+                 size (field 16, fashion-mnist 28, imagenet64 64, cifar10 32, folder:
+                 all images must then share one size). Real images are resized
+                 (Lanczos) when it differs; folder images are resized on the shorter
+                 side and center-cropped. Ignored by gsm.
+* ``channels``   [null] 1 = grayscale (ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B,
+                 rounded to uint8), 3 = color. null: the source's native channels.
+                 field, gsm and fashion-mnist are grayscale only.
+* ``n_train``, ``n_test`` [null] caps on the number of images (the first ones in
+                 source order); null = all. Required for the synthetic sources.
+* one subsection per source, read only when that source is active:
+  ``field`` (see :mod:`dsm.data.field`), ``gsm`` (d, sigmas, weights, seed),
+  ``folder`` (test_fraction); ``fashion-mnist``, ``imagenet64``, ``cifar10`` take no
+  options (an empty mapping or null).
+
+Pixels are scaled to [0, 1] on read (8-bit sources are stored as uint8). Horizontal
+flips are a training-time augmentation and are not baked in.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+from dsm.errors import DsmError
+
+SOURCES = ("field", "gsm", "fashion-mnist", "imagenet64", "cifar10", "folder")
+COMMON = {"source": "field", "root": None, "image_size": None, "channels": None,
+          "n_train": None, "n_test": None}
+GSM_DEFAULTS = {"d": 1000, "sigmas": [1.0, 4.0], "weights": [0.5, 0.5], "seed": 0}
+FOLDER_DEFAULTS = {"test_fraction": 0.1}
+
+
+def _source_defaults(source: str) -> dict:
+    if source == "field":
+        from dsm.data.field import DEFAULTS
+
+        return DEFAULTS
+    return {"gsm": GSM_DEFAULTS, "folder": FOLDER_DEFAULTS}.get(source, {})
+
+
+def resolve(data_cfg: dict | None) -> dict:
+    """The data params with defaults filled in and types checked; errors name the key."""
+    cfg = copy.deepcopy(data_cfg or {})
+    if not isinstance(cfg, dict):
+        raise DsmError(f"data: expected a mapping, got {type(data_cfg).__name__}")
+    for key in cfg:
+        if key not in COMMON and key not in SOURCES:
+            raise DsmError(f"data.{key}: unknown option (known: {', '.join(list(COMMON) + list(SOURCES))})")
+    out = {k: cfg.get(k, v) for k, v in COMMON.items()}
+    src = out["source"]
+    if src not in SOURCES:
+        raise DsmError(f"data.source: unknown source {src!r} (known: {', '.join(SOURCES)})")
+    for key in ("image_size", "n_train", "n_test"):
+        v = out[key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise DsmError(f"data.{key}: expected a positive integer or null, got {v!r}")
+    if out["channels"] not in (None, 1, 3):
+        raise DsmError(f"data.channels: expected 1, 3 or null, got {out['channels']!r}")
+    if out["root"] is not None and not isinstance(out["root"], str):
+        raise DsmError(f"data.root: expected a path string or null, got {out['root']!r}")
+    sub = cfg.get(src) or {}
+    if not isinstance(sub, dict):
+        raise DsmError(f"data.{src}: expected a mapping, got {sub!r}")
+    defaults = _source_defaults(src)
+    for key in sub:
+        if key not in defaults:
+            known = ", ".join(defaults) or "none"
+            raise DsmError(f"data.{src}.{key}: unknown option for source {src} (known: {known})")
+    resolved = copy.deepcopy(defaults)
+    resolved.update(sub)
+    for key, default in defaults.items():
+        _check_type(f"data.{src}.{key}", resolved[key], default)
+    out[src] = resolved
+    return out
+
+
+def _check_type(key, value, default):
+    num = (int, float)
+    if isinstance(default, list):
+        if not isinstance(value, list) or not all(isinstance(v, num) and not isinstance(v, bool) for v in value):
+            raise DsmError(f"{key}: expected a list of numbers, got {value!r}")
+    elif isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DsmError(f"{key}: expected an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, num):
+            raise DsmError(f"{key}: expected a number, got {value!r}")
+
+
+def params_hash(cfg: dict) -> str:
+    from dsm.data.store import FORMAT
+    from dsm.io import sha256_json
+
+    return sha256_json({"format": FORMAT, "data": cfg})
+
+
+def plan_source(cfg: dict):
+    """(part plans, extra meta) of the resolved config's source."""
+    src = cfg["source"]
+    if src == "field":
+        from dsm.data import field as mod
+    elif src == "gsm":
+        return _plan_gsm(cfg)
+    elif src == "fashion-mnist":
+        from dsm.data import fashion_mnist as mod
+    elif src == "imagenet64":
+        from dsm.data import imagenet64 as mod
+    elif src == "cifar10":
+        from dsm.data import cifar10 as mod
+    else:
+        from dsm.data import folder as mod
+    return mod.plan(cfg)
+
+
+def prepare(data_cfg: dict, out, progress: bool = True) -> Path:
+    """Prepare ``data_cfg``'s source into the store ``out`` (DIR/train, DIR/test).
+
+    A finished store with the same params hash is not rebuilt (a line says so on
+    stderr). Any error leaves no partial output.
+    """
+    from dsm.data.store import is_done, write_store
+    from dsm.io import code_version
+
+    cfg = resolve(data_cfg)
+    h = params_hash(cfg)
+    out = Path(out)
+    if is_done(out, h):
+        print(f"dsm prepare: {out} is already prepared with these params; not rebuilding",
+              file=sys.stderr)
+        return out
+    plans, extra = plan_source(cfg)
+    meta = dict(extra, source=cfg["source"], params=cfg, params_hash=h, code_version=code_version())
+    write_store(out, plans, meta, progress=progress)
+    print(f"dsm prepare: wrote {out}", file=sys.stderr)
+    return out
+
+
+def _plan_gsm(cfg: dict):
+    """The d-dimensional Gaussian scale mixture of Figure 1 (dsm.data.gsm), shape (1, 1, d).
+
+    Samples are generated in blocks seeded by ``SeedSequence([seed, part, block])``
+    (bounded memory, independent of chunking); float32, not clipped.
+    """
+    import numpy as np
+
+    from dsm.data.gsm import GaussianScaleMixture
+    from dsm.data.store import Chunk, PartPlan
+
+    g = cfg["gsm"]
+    if cfg.get("channels") not in (None, 1):
+        raise DsmError(f"data.channels: gsm samples are vectors (1, 1, d); channels must be 1, got {cfg['channels']}")
+    if g["d"] < 1:
+        raise DsmError(f"data.gsm.d: must be >= 1, got {g['d']}")
+    mix = GaussianScaleMixture(int(g["d"]), tuple(float(s) for s in g["sigmas"]),
+                               tuple(float(w) for w in g["weights"]))
+    sig, w = np.asarray(mix.sigmas, np.float64), np.asarray(mix.weights, np.float64)
+    block = max(1, (1 << 22) // mix.d)                  # about 16 MB of float32 per block
+    counts = {"train": cfg.get("n_train"), "test": cfg.get("n_test")}
+    for part, n in counts.items():
+        if n is None:
+            raise DsmError(f"data.n_{part}: required for source gsm (a synthetic source has no 'all')")
+
+    def chunks(part, n):
+        code = {"train": 0, "test": 1}[part]
+        for b in range(0, -(-n // block)):
+            count = min(block, n - b * block)
+            rng = np.random.default_rng(np.random.SeedSequence([int(g["seed"]), code, b]))
+            s = sig[rng.choice(len(sig), size=block, p=w / w.sum())][:count]
+            x = rng.standard_normal((block, mix.d), dtype=np.float32)[:count] * s[:, None].astype(np.float32)
+            ids = [f"gsm-s{g['seed']}-{part}-{i:08d}" for i in range(b * block, b * block + count)]
+            yield Chunk(x[:, None, None, :], ids)
+
+    plans = [PartPlan(p, (lambda p=p, n=n: chunks(p, n)), n) for p, n in counts.items()]
+    return plans, {"exact": dict(mix.to_meta(), seed=int(g["seed"]))}
+
+
+# --- shared by the real-image sources --------------------------------------------------
+
+LUMA = (0.299, 0.587, 0.114)   # ITU-R BT.601
+
+
+def native_channels(cfg: dict, native: int, source: str) -> int:
+    """Output channels for a source whose images have ``native`` channels."""
+    c = cfg.get("channels") or native
+    if c == 3 and native == 1:
+        raise DsmError(f"data.channels: {source} images are grayscale; channels must be 1 (or null), got 3")
+    return c
+
+
+def convert_uint8(px, channels: int, size: int | None):
+    """uint8 (b, C, H, W) -> uint8 (b, channels, size, size).
+
+    Color to grayscale by ITU-R 601 luma (0.299 R + 0.587 G + 0.114 B, rounded);
+    resizing (only when ``size`` differs from H or W) by Lanczos filtering with PIL.
+    """
+    import numpy as np
+
+    if px.shape[1] == 3 and channels == 1:
+        luma = np.tensordot(np.asarray(LUMA, np.float32), px.astype(np.float32), axes=([0], [1]))
+        px = np.clip(np.rint(luma), 0, 255).astype(np.uint8)[:, None]
+    if size is not None and px.shape[2:] != (size, size):
+        from PIL import Image
+
+        out = np.empty((len(px), px.shape[1], size, size), np.uint8)
+        for i, im in enumerate(px):
+            hwc = im[0] if im.shape[0] == 1 else im.transpose(1, 2, 0)
+            r = Image.fromarray(np.ascontiguousarray(hwc)).resize((size, size), Image.Resampling.LANCZOS)
+            arr = np.asarray(r)
+            out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        px = out
+    return np.ascontiguousarray(px)
+
+
+def cap(n_avail: int, limit: int | None) -> int:
+    return n_avail if limit is None else min(n_avail, limit)

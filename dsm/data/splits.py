@@ -1,0 +1,180 @@
+"""``dsm split``: the disjoint, nested training sets A and B of METHOD.md §7.
+
+From a prepared training part of n images: A_N = images 0 … N-1 (the first N),
+B_N = images n-N … n-1 (the last N), for each N of ``split.N``
+(default [1, 10, 100, 1000, 10000, 100000]). Nested in N by construction, disjoint
+by index while 2·max N ≤ n (otherwise a DsmError naming split.N and n; nothing is
+written).
+
+Split params (the ``split`` section of a scale; defaults in brackets):
+
+* ``N``            [[1, 10, 100, 1000, 10000, 100000]] list of distinct positive integers.
+* ``on_duplicate`` [warn] what to do when an image of A_N has an exact duplicate
+                   (same content hash) in B_N: ``warn`` or ``error``.
+
+Disjointness is also checked by content: the stored bytes of every selected image
+are re-hashed and compared with the index (a mismatch means a corrupt store: error),
+then A_N and B_N are compared by hash. Exact duplicates are a property of the
+source (real datasets have some), so they are *reported*, not silently dropped:
+the number of duplicated images in the training part is printed as a warning, and
+a duplicate pair that straddles A_N and B_N is reported per N with its image ids.
+Such pairs are kept (A and B stay "the first N" and "the last N", as in the paper's
+release, so results stay comparable with it) and flagged in the column
+``dup_in_other`` so an analysis can exclude them; ``on_duplicate: error`` refuses
+instead.
+
+Output Parquet columns: image_index (int64), image_id (str), content_hash (str),
+split ('A'|'B'), N (int64), dup_in_other (bool). Schema metadata ``dsm.split`` holds
+the params and the store's params hash; a finished file with the same is not rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from dsm.errors import DsmError
+
+DEFAULT_N = [1, 10, 100, 1000, 10000, 100000]
+DEFAULTS = {"N": DEFAULT_N, "on_duplicate": "warn"}
+
+
+def resolve(split_cfg: dict | None) -> dict:
+    cfg = dict(split_cfg or {})
+    for key in cfg:
+        if key not in DEFAULTS:
+            raise DsmError(f"split.{key}: unknown option (known: {', '.join(DEFAULTS)})")
+    out = {k: cfg.get(k, v) for k, v in DEFAULTS.items()}
+    Ns = out["N"]
+    if (not isinstance(Ns, list) or not Ns
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in Ns)):
+        raise DsmError(f"split.N: expected a non-empty list of positive integers, got {Ns!r}")
+    if len(set(Ns)) != len(Ns):
+        raise DsmError(f"split.N: values must be distinct, got {Ns}")
+    out["N"] = sorted(Ns)
+    if out["on_duplicate"] not in ("warn", "error"):
+        raise DsmError(f"split.on_duplicate: expected 'warn' or 'error', got {out['on_duplicate']!r}")
+    return out
+
+
+def _meta_key(cfg: dict, store_hash: str, n: int) -> str:
+    return json.dumps({"split": cfg, "store_params_hash": store_hash, "n": n}, sort_keys=True)
+
+
+def make_splits(data, split_cfg: dict | None, out, progress: bool = True) -> Path:
+    """Write the A/B splits of the store ``data`` (DIR, or DIR/train) to Parquet ``out``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dsm.data.store import open_store, row_hashes
+    from dsm.io import atomic_path
+
+    cfg = resolve(split_cfg)
+    data = Path(data)
+    store = open_store(data / "train" if (data / "train").is_dir() else data)
+    n = len(store)
+    Ns = cfg["N"]
+    if 2 * max(Ns) > n:
+        raise DsmError(f"split.N: 2·max N = {2 * max(Ns)} exceeds the n = {n} training images of "
+                       f"{store.path}; A and B would overlap")
+    key = _meta_key(cfg, store.meta.get("params_hash", ""), n)
+    out = Path(out)
+    if out.is_file():
+        try:
+            old = pq.read_schema(out).metadata or {}
+        except (OSError, pa.ArrowInvalid):
+            old = {}
+        if old.get(b"dsm.split", b"").decode() == key:
+            print(f"dsm split: {out} is already written with these params; not rewriting", file=sys.stderr)
+            return out
+
+    index = pq.read_table(store.path / "index.parquet", columns=["image_id", "content_hash"])
+    ids = index.column("image_id").to_numpy(zero_copy_only=False)
+    hashes = index.column("content_hash").to_numpy(zero_copy_only=False)
+    if len(hashes) != n:
+        raise DsmError(f"{store.path / 'index.parquet'}: {len(hashes)} rows for {n} images")
+    M = max(Ns)
+    sel = np.concatenate([np.arange(M), np.arange(n - M, n)])
+    _verify_hashes(store, sel, hashes, progress, row_hashes)
+    _report_source_duplicates(hashes, store.path)
+
+    rows = {k: [] for k in ("image_index", "image_id", "content_hash", "split", "N", "dup_in_other")}
+    for N in Ns:
+        a, b = np.arange(N), np.arange(n - N, n)
+        assert not np.intersect1d(a, b).size
+        common = set(hashes[a].tolist()) & set(hashes[b].tolist())
+        if common:
+            in_b = {hashes[j]: ids[j] for j in b if hashes[j] in common}
+            pairs = [(ids[i], in_b[hashes[i]]) for i in a if hashes[i] in common][:3]
+            msg = (f"split N={N}: {len(common)} distinct image content(s) occur in both A and B "
+                   f"(exact duplicates in the source){': e.g. ' + ', '.join(f'{p} = {q}' for p, q in pairs) if pairs else ''}")
+            if cfg["on_duplicate"] == "error":
+                raise DsmError(msg + " (split.on_duplicate: error)")
+            print(f"dsm split: warning: {msg}; kept and flagged in column dup_in_other", file=sys.stderr)
+        for name, idx in (("A", a), ("B", b)):
+            rows["image_index"].append(idx)
+            rows["image_id"].append(ids[idx])
+            rows["content_hash"].append(hashes[idx])
+            rows["split"].append(np.full(N, name, dtype=object))
+            rows["N"].append(np.full(N, N, dtype=np.int64))
+            rows["dup_in_other"].append(np.isin(hashes[idx], list(common)) if common else np.zeros(N, bool))
+    table = pa.table({
+        "image_index": pa.array(np.concatenate(rows["image_index"]).astype(np.int64)),
+        "image_id": pa.array(np.concatenate(rows["image_id"]), pa.string()),
+        "content_hash": pa.array(np.concatenate(rows["content_hash"]), pa.string()),
+        "split": pa.array(np.concatenate(rows["split"]), pa.string()),
+        "N": pa.array(np.concatenate(rows["N"])),
+        "dup_in_other": pa.array(np.concatenate(rows["dup_in_other"])),
+    }).replace_schema_metadata({"dsm.split": key})
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+    print(f"dsm split: wrote {out} (N = {Ns}, n = {n})", file=sys.stderr)
+    return out
+
+
+def _verify_hashes(store, sel, hashes, progress, row_hashes, chunk: int = 8192) -> None:
+    """Re-hash the stored bytes of images ``sel`` and compare with the index."""
+    from tqdm import tqdm
+
+    sel = np.unique(sel)
+    with tqdm(total=len(sel), desc="split: verify content hashes", unit="img", file=sys.stderr,
+              disable=not progress, mininterval=1.0, leave=False) as bar:
+        for a in range(0, len(sel), chunk):
+            idx = sel[a:a + chunk]
+            got = row_hashes(store.raw(idx))
+            bad = [int(i) for i, h in zip(idx, got) if h != hashes[i]]
+            if bad:
+                raise DsmError(f"{store.path}: image {bad[0]} does not match its content_hash in "
+                               f"index.parquet ({len(bad)} such in this chunk); the store is corrupt, re-run `dsm prepare`")
+            bar.update(len(idx))
+
+
+def _report_source_duplicates(hashes, where) -> int:
+    """Warn with the number of training images that duplicate an earlier one."""
+    import pandas as pd
+
+    dup = int(pd.Series(hashes).duplicated().sum())
+    if dup:
+        print(f"dsm split: warning: {dup} image(s) of {where} are exact duplicates of an earlier "
+              f"image (same content hash)", file=sys.stderr)
+    return dup
+
+
+def read_split(path, N: int, split: str) -> np.ndarray:
+    """Image indices (int64, ascending) of training set ``split`` ('A' or 'B') of size ``N``."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if split not in ("A", "B"):
+        raise DsmError(f"split must be 'A' or 'B', got {split!r}")
+    if not path.is_file():
+        raise DsmError(f"{path}: splits file not found; run `dsm split`")
+    t = pq.read_table(path, columns=["image_index", "split", "N"],
+                      filters=[("N", "=", int(N)), ("split", "=", split)])
+    if t.num_rows == 0:
+        have = sorted(set(pq.read_table(path, columns=["N"]).column("N").to_pylist()))
+        raise DsmError(f"{path}: no split N={N} (available: {have})")
+    return np.sort(t.column("image_index").to_numpy().astype(np.int64))

@@ -1,0 +1,399 @@
+"""Normalization constant and per-image log p, streamed to Parquet (METHOD.md §5, §6).
+
+* :func:`normalization_constant` — the one-shot estimate
+  ``c = (d/2) ln(2πe t_max) - mean_i U(x_i + sqrt(t_max) z_i, t_max)`` (nats), so that
+  ``U + c`` is the normalized energy ``-log p`` at every t.
+* :func:`energy`, :func:`space_score`, :func:`time_score`, :func:`denoise` — the model's
+  quantities at any t, batched (energy without autograd).
+* :func:`log_density` — per-image normalized energy (nats), nats/dim, log p in dB/dim and
+  the 8-bit discrete NLL in bits/dim (convention: uniform density within bins of 1/256).
+* :func:`evaluate_images` / :class:`ParquetStream` — iterate over image batches and write
+  rows incrementally, so memory does not grow with the number of images.
+* :func:`normalize_from_params`, :func:`evaluate_from_params` — the pipeline stages.
+
+Noise draws are per image (seeded by (seed, position of the image in the stream)), so
+results do not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from dsm import units
+from dsm.errors import DsmError
+from dsm.io import atomic_path, code_version, sha256_file, sha256_json, write_json
+
+# The per-image Parquet schema (one row per image and model); see docs/DESIGN.md.
+ROW_COLUMNS = [
+    ("image_id", "string"), ("image_index", "int64"), ("image_set", "string"),
+    ("dataset", "string"), ("N", "int64"), ("model_split", "string"), ("t", "float64"),
+    ("d", "int64"), ("energy_nats", "float64"), ("nats_per_dim", "float64"),
+    ("logp_db_per_dim", "float64"), ("nll_bits_per_dim", "float64"),
+    ("norm_const_nats", "float64"), ("exact_energy_nats", "float64"),
+    ("exact_logp_db_per_dim", "float64"), ("checkpoint_sha256", "string"),
+    ("params_sha256", "string"), ("code_version", "string"),
+]
+
+
+def row_schema():
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in ROW_COLUMNS],
+                     metadata={"nll_bits_per_dim": "8-bit discrete convention: 8 + nats_per_dim / ln 2",
+                               "logp_db_per_dim": "-10 energy_nats / (d ln 10)",
+                               "energy_nats": "normalized energy U(x, t) + c = -log p(x | t)"})
+
+
+# --- model quantities at any t ----------------------------------------------------------
+
+def _t_vector(t, batch: int, like: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    return t.expand(batch).clone() if t.dim() == 0 else t.reshape(batch)
+
+
+def _need_energy(model):
+    if not hasattr(model, "energy"):
+        raise DsmError(f"{type(model).__name__} has no energy (a score-only model): no log p or "
+                       f"normalization constant; train with model.kind: energy")
+
+
+def energy(model, y: torch.Tensor, t) -> torch.Tensor:
+    """Unnormalized energy U(y, t), (B,) nats; y (B, ...), t float or (B,) variance. No autograd."""
+    _need_energy(model)
+    with torch.inference_mode():
+        return model.energy(y, _t_vector(t, y.shape[0], y))
+
+
+def _autograd(model, y, t, wrt: str):
+    """∂U/∂y or ∂U/∂t by autograd, for models that only define .energy."""
+    with torch.enable_grad():
+        y = y.detach().requires_grad_(wrt == "y")
+        t = t.detach().requires_grad_(wrt == "t")
+        (g,) = torch.autograd.grad(model.energy(y, t).sum(), y if wrt == "y" else t)
+    return g
+
+
+def space_score(model, y: torch.Tensor, t) -> torch.Tensor:
+    """∇_y U(y, t) (B, ...) (the score network's s for a score-only model), detached."""
+    tv = _t_vector(t, y.shape[0], y)
+    if hasattr(model, "score"):
+        return model.score(y, tv).detach()
+    _need_energy(model)
+    return _autograd(model, y, tv, "y")
+
+
+def time_score(model, y: torch.Tensor, t) -> torch.Tensor:
+    """∂_t U(y, t) (B,), nats per unit variance, detached."""
+    _need_energy(model)
+    tv = _t_vector(t, y.shape[0], y)
+    if hasattr(model, "time_score"):
+        return model.time_score(y, tv).detach()
+    return _autograd(model, y, tv, "t")
+
+
+def denoise(model, y: torch.Tensor, t) -> torch.Tensor:
+    """The implied denoiser x̂(y, t) = y - t ∇_y U(y, t), (B, ...), detached."""
+    tv = _t_vector(t, y.shape[0], y)
+    if hasattr(model, "denoise"):
+        return model.denoise(y, tv).detach()
+    return y.detach() - tv.reshape(-1, *([1] * (y.dim() - 1))) * space_score(model, y, tv)
+
+
+def image_noise(seed: int, positions, shape) -> np.ndarray:
+    """Standard normal noise (B, *shape) float32, one independent stream per image position."""
+    return np.stack([np.random.default_rng([int(seed), int(p)]).standard_normal(shape, dtype=np.float32)
+                     for p in positions]) if len(positions) else np.zeros((0, *shape), np.float32)
+
+
+def _batches(images, batch_size: int) -> Iterator[torch.Tensor]:
+    """Tensors (b, ...) from a tensor/array (chunked) or an iterable of batches."""
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        for i in range(0, len(images), batch_size):
+            yield torch.as_tensor(images[i:i + batch_size])
+    else:
+        for batch in images:
+            yield torch.as_tensor(batch)
+
+
+def noisy_energies(model, images, t: float, seed: int, *, batch_size: int = 256,
+                   device=None) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Yield (positions, U(x + sqrt(t) z, t) float64, d) per batch; z per image from ``seed``."""
+    dev = _device_of(model) if device is None else torch.device(device)
+    pos = 0
+    for x in _batches(images, batch_size):
+        b = x.shape[0]
+        positions = np.arange(pos, pos + b)
+        y = x.to(dev, torch.float32)
+        if t > 0:
+            z = torch.from_numpy(image_noise(seed, positions, tuple(x.shape[1:]))).to(dev)
+            y = y + math.sqrt(t) * z
+        u = energy(model, y, t).double().cpu().numpy()
+        pos += b
+        yield positions, u, int(np.prod(x.shape[1:]))
+
+
+def _device_of(model) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def normalization_constant(model, images, t_max: float, seed: int, *, batch_size: int = 256,
+                           device=None) -> dict:
+    """One-shot normalization constant (METHOD.md §5), in nats.
+
+    images: a tensor/array (n, C, H, W) (or (n, d)) of held-out clean images, or an iterable
+    of such batches. One noise draw per image, seeded per image position, so the result
+    does not depend on batching. Returns dict(c_nats, t_max, d, n_images, seed,
+    energy_mean_nats, c_sem_nats): c_sem_nats is the Monte-Carlo standard error of c.
+    """
+    n, total, total_sq, d, shift = 0, 0.0, 0.0, None, None
+    for positions, u, d in noisy_energies(model, images, float(t_max), seed, batch_size=batch_size,
+                                          device=device):
+        if not np.isfinite(u).all():
+            bad = int(positions[np.flatnonzero(~np.isfinite(u))[0]])
+            raise DsmError(f"normalization: non-finite energy for held-out image {bad} at t_max={t_max}")
+        if shift is None and len(u):
+            shift = float(u[0])   # shifted sums keep the variance accurate for large energies
+        n += len(u)
+        total += float((u - shift).sum())
+        total_sq += float(((u - shift) ** 2).sum())
+    if n == 0:
+        raise DsmError("normalization: no held-out images")
+    mean = shift + total / n
+    var = max(total_sq / n - (total / n) ** 2, 0.0) * n / max(n - 1, 1)
+    c = 0.5 * d * math.log(2 * math.pi * math.e * float(t_max)) - mean
+    return {"c_nats": c, "t_max": float(t_max), "d": d, "n_images": n, "seed": int(seed),
+            "energy_mean_nats": mean, "c_sem_nats": math.sqrt(var / n)}
+
+
+def log_density(energy_nats: np.ndarray, c_nats: float, d: int) -> dict:
+    """Columns from unnormalized energies (float64 nats): energy_nats (normalized U + c),
+    nats_per_dim, logp_db_per_dim, nll_bits_per_dim (8-bit discrete convention)."""
+    e = np.asarray(energy_nats, dtype=np.float64) + float(c_nats)
+    return {"energy_nats": e, "nats_per_dim": units.nats_per_dim(e, d),
+            "logp_db_per_dim": units.logp_db_per_dim(e, d),
+            "nll_bits_per_dim": units.nll_bits_per_dim_8bit(e, d)}
+
+
+def _exact_energy(exact, x: np.ndarray, t: float) -> np.ndarray:
+    out = exact.energy(np.asarray(x, dtype=np.float64), float(t))
+    if isinstance(out, torch.Tensor):
+        out = out.detach().cpu().numpy()
+    return np.asarray(out, dtype=np.float64).reshape(len(x))
+
+
+def evaluate_images(model, batches: Iterable[tuple[dict, np.ndarray]], c_nats: float, *,
+                    t: float = 0.0, noise_seed: int = 0, exact=None, device=None) -> Iterator[dict]:
+    """Per-image log p, batch by batch.
+
+    batches: iterable of (columns, images): ``columns`` a dict of per-image metadata arrays
+    (e.g. image_id) passed through; images (b, C, H, W) float32 clean images.
+    t: noise variance (0 = the clean images; t > 0 evaluates y = x + sqrt(t) z with
+    per-image noise seeded by (noise_seed, running position)).
+    Yields dicts of equal-length columns: the metadata, t, d, the columns of
+    :func:`log_density`, and exact_energy_nats / exact_logp_db_per_dim (NaN-free when
+    ``exact`` is given, else None).
+    """
+    _need_energy(model)
+    dev = _device_of(model) if device is None else torch.device(device)
+    pos = 0
+    for columns, images in batches:
+        x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+        b, d = x.shape[0], int(np.prod(x.shape[1:]))
+        y = x
+        if t > 0:
+            y = x + math.sqrt(t) * torch.from_numpy(image_noise(noise_seed, np.arange(pos, pos + b),
+                                                                tuple(x.shape[1:])))
+        u = energy(model, y.to(dev), t).double().cpu().numpy()
+        if not np.isfinite(u).all():
+            raise DsmError(f"evaluate: non-finite model energy at t={t} for image "
+                           f"{pos + int(np.flatnonzero(~np.isfinite(u))[0])} of the stream")
+        row = dict(columns)
+        row.update(t=np.full(b, float(t)), d=np.full(b, d, np.int64), **log_density(u, c_nats, d))
+        if exact is not None:
+            ex = _exact_energy(exact, y.numpy(), t)
+            row.update(exact_energy_nats=ex, exact_logp_db_per_dim=units.logp_db_per_dim(ex, d))
+        else:
+            row.update(exact_energy_nats=None, exact_logp_db_per_dim=None)
+        pos += b
+        yield row
+
+
+class ParquetStream:
+    """Write tables to a Parquet file incrementally, atomically (temp file, then rename).
+
+    ``with ParquetStream(path, schema) as w: w.write(columns_dict)``; on an exception the
+    destination is untouched. Constant columns can be given as scalars.
+    """
+
+    def __init__(self, path, schema):
+        self.path, self.schema = Path(path), schema
+        self.rows = 0
+
+    def __enter__(self):
+        import pyarrow.parquet as pq
+
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self._writer = pq.ParquetWriter(tmp, self.schema)
+        return self
+
+    def write(self, columns: dict) -> None:
+        import pyarrow as pa
+
+        n = max((len(v) for v in columns.values() if v is not None and not np.isscalar(v)
+                 and not isinstance(v, str)), default=0)
+        arrays = []
+        for f in self.schema:
+            v = columns.get(f.name)
+            if v is None or np.isscalar(v) or isinstance(v, str):
+                arrays.append(pa.array([v] * n, f.type))
+            else:
+                arrays.append(pa.array(np.asarray(v) if not isinstance(v, list) else v, f.type))
+        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+        self.rows += n
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self._writer.close()
+        finally:
+            return self._atomic.__exit__(exc_type, exc, tb)
+
+
+# --- pipeline stages -------------------------------------------------------------------
+
+def _store(data, part: str):
+    from dsm.data.store import open_store
+
+    data = Path(data)
+    return open_store(data / part) if (data / part).exists() else open_store(data)
+
+
+def _ecfg(cfg: dict) -> dict:
+    e = cfg.get("evaluate")
+    if not isinstance(e, dict):
+        raise DsmError("params: section 'evaluate' missing")
+    return e
+
+
+def _store_batches(store, idx: np.ndarray, batch_size: int, columns: dict) -> Iterator[tuple[dict, np.ndarray]]:
+    index = store.index.set_index("image_index")
+    for i in range(0, len(idx), batch_size):
+        sel = idx[i:i + batch_size]
+        cols = {"image_id": index.loc[sel, "image_id"].astype(str).to_numpy(), "image_index": sel}
+        cols.update({k: v for k, v in columns.items()})
+        yield cols, store.images(sel)
+
+
+def _energy_model(model_path, device):
+    from dsm.train import load_model, resolve_device
+
+    dev = resolve_device(device)
+    model, payload = load_model(model_path, dev)
+    if payload.get("kind", "energy") != "energy":
+        raise DsmError(f"{model_path}: a {payload.get('kind')} model has no energy; "
+                       f"log p needs model.kind: energy")
+    return model, payload, dev
+
+
+def normalize_from_params(cfg: dict, model, data, out, device=None) -> dict:
+    """Write the normalization constant of ``model`` (model.pt) to JSON ``out``.
+
+    Uses the first ``evaluate.n_norm`` images of the store's ``test`` part, one noise draw
+    each at the model's training ``t_max`` (seed ``evaluate.noise_seed``).
+    """
+    ecfg = _ecfg(cfg)
+    dev_spec = device if device is not None else cfg.get("device", "auto")
+    net, payload, dev = _energy_model(model, dev_spec)
+    t_max = float(payload["config"]["train"]["t_max"])
+    store = _store(data, "test")
+    n = min(int(ecfg.get("n_norm", len(store))), len(store))
+    bs = int(ecfg.get("batch_size", 256))
+    seed = int(ecfg.get("noise_seed", 0))
+    if tuple(store.shape) != tuple(payload["shape"]):
+        raise DsmError(f"{store.path}: images {tuple(store.shape)} do not match the model's {tuple(payload['shape'])}")
+    images = (store.images(np.arange(i, min(n, i + bs))) for i in range(0, n, bs))
+    result = normalization_constant(net, images, t_max, seed, batch_size=bs, device=dev)
+    result.update({
+        "method": "one-shot: (d/2) ln(2 pi e t_max) - mean U(x + sqrt(t_max) z, t_max) over test images",
+        "model": str(model), "model_sha256": sha256_file(model), "data": str(store.path),
+        "params_sha256": sha256_json(cfg), "code_version": code_version(),
+        "model_config_sha256": payload.get("config_sha256"),
+    })
+    write_json(out, result)
+    print(f"normalize: c = {result['c_nats']:.6g} nats (± {result['c_sem_nats']:.2g}, "
+          f"{n} test images, t_max = {t_max:g}) -> {out}", file=sys.stderr)
+    return result
+
+
+def evaluate_from_params(cfg: dict, model, norm, data, splits, n: int, split: str, out,
+                         device=None) -> Path:
+    """Per-image log p at t = 0 of model (N, split) on its own, the other set's and test images.
+
+    At most ``evaluate.max_per_set`` images of each set (the first ones). Writes the
+    Parquet ``out`` (schema: :data:`ROW_COLUMNS`, docs/DESIGN.md) incrementally.
+    """
+    from dsm.data import exact_density
+    from dsm.data.splits import read_split
+
+    ecfg = _ecfg(cfg)
+    dev_spec = device if device is not None else cfg.get("device", "auto")
+    net, payload, dev = _energy_model(model, dev_spec)
+    model_sha = sha256_file(model)
+    norm_info = _read_norm(norm, model_sha)
+    prov = payload.get("provenance", {})
+    if prov.get("N") not in (None, int(n)) or prov.get("split") not in (None, split):
+        raise DsmError(f"{model}: trained on N={prov.get('N')} split {prov.get('split')}, "
+                       f"not N={n} split {split}")
+    max_per_set = int(ecfg.get("max_per_set", 1000))
+    bs = int(ecfg.get("batch_size", 256))
+    other = "B" if split == "A" else "A"
+    train, test = _store(data, "train"), _store(data, "test")
+    for s in (train, test):
+        if tuple(s.shape) != tuple(payload["shape"]):
+            raise DsmError(f"{s.path}: images {tuple(s.shape)} do not match the model's {tuple(payload['shape'])}")
+    sets = [(split, train, read_split(splits, n, split)[:max_per_set]),
+            (other, train, read_split(splits, n, other)[:max_per_set]),
+            ("test", test, np.arange(min(len(test), max_per_set), dtype=np.int64))]
+    exact = exact_density(train.meta)
+    dataset = str(train.meta.get("source", cfg.get("data", {}).get("source", "")))
+    const = {"dataset": dataset, "N": int(n), "model_split": split,
+             "norm_const_nats": float(norm_info["c_nats"]), "checkpoint_sha256": model_sha,
+             "params_sha256": sha256_json(cfg), "code_version": code_version()}
+
+    from tqdm import tqdm
+
+    total = sum(len(idx) for _, _, idx in sets)
+    with ParquetStream(out, row_schema()) as writer, \
+            tqdm(total=total, desc=f"evaluate N={n} {split}", unit="img", file=sys.stderr,
+                 disable=None, leave=False) as bar:
+        for image_set, store, idx in sets:
+            batches = _store_batches(store, np.asarray(idx, np.int64), bs, {"image_set": image_set})
+            for rows in evaluate_images(net, batches, norm_info["c_nats"], t=0.0, exact=exact, device=dev):
+                writer.write({**rows, **const})
+                bar.update(len(rows["energy_nats"]))
+    print(f"evaluate: {writer.rows} rows -> {out}", file=sys.stderr)
+    return Path(out)
+
+
+def _read_norm(path, model_sha: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DsmError(f"{path}: normalization file not found; run `dsm normalize`")
+    try:
+        info = json.loads(path.read_text())
+    except ValueError:
+        raise DsmError(f"{path}: not valid JSON") from None
+    if not isinstance(info, dict) or "c_nats" not in info:
+        raise DsmError(f"{path}: key 'c_nats' missing")
+    if info.get("model_sha256") not in (None, model_sha):
+        raise DsmError(f"{path}: computed for another model (model_sha256 {str(info['model_sha256'])[:12]} "
+                       f"!= {model_sha[:12]}); rerun `dsm normalize`")
+    return info

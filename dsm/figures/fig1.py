@@ -1,0 +1,307 @@
+"""Figure 1: single vs dual score matching on a Gaussian scale mixture (METHOD.md §7).
+
+The experiment and its figure in one place, because it is small: sample the d = 1000
+two-Gaussian scale mixture (:mod:`dsm.data.gsm`), train the mixture-of-quadratics
+energy (:mod:`dsm.nets.gsm_mlp`) twice from the same seed, once by single score
+matching (the DSM term alone, on the energy's gradient) and once by dual score
+matching (DSM + TSM), normalize both with the constant of METHOD.md §5 at t_max,
+and compare log p(x) at t = ``t_eval`` (default 0) with the exact one.
+
+Outputs of :func:`fig1_from_params` in OUT:
+  fig1.pdf      left: log p in dB/dim against r/√d with the data's radial histogram
+                behind; right: radial score d log p / d(r/√d) in dB/dim.
+  metrics.json  per method, |error| of log p in dB/dim over r/√d ∈ r_range (uniform
+                grid): max and RMS raw, and after the best constant shift (the
+                minimax shift (max+min)/2 for the max, the mean shift for the RMS).
+  curves.csv    the plotted curves.
+  ssm/, dsm/    the two training runs (checkpoints; rerunning resumes).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dsm import units
+from dsm.data.gsm import GaussianScaleMixture
+from dsm.errors import DsmError
+from dsm.io import code_version, write_json, write_text
+from dsm.nets.gsm_mlp import GSMMLPEnergy
+from dsm.objectives import dual_score_matching_loss
+
+# The paper's setting (METHOD.md §7); every key can be set in the scale's `fig1:` section.
+DEFAULTS = {
+    "d": 1000, "sigmas": [1.0, 4.0], "weights": [0.5, 0.5],
+    "n": 100_000,                 # training samples (a fixed finite set, sampled with replacement)
+    "n_norm": 10_000,             # held-out samples for the normalization constant
+    "steps": 20_000, "batch_size": 512, "lr": 1.0e-4, "lr_halve_every": 2_000,
+    "t_min": 1.0e-2, "t_max": 1.0e2,   # training range of t; t_min is also the feature offset
+    "width": 256, "layers": 5,
+    "seed": 0,                    # data (seed), held-out data (seed + 1), init and batches (seed)
+    "t_eval": 0.0,                # t at which log p is compared (0: log p(x) itself)
+    "norm_entropy": "data_variance",  # or "isotropic" (METHOD.md §5 as written); see normalization_constant
+    "r_range": [0.5, 5.0],        # r/√d window of the metrics
+    "grid": 1000,                 # points of the metric grid
+    "checkpoint_every": 2_000, "log_every": 100,
+    "flush_denormal": True, "threads": None,
+}
+METHODS = ("ssm", "dsm")
+LABELS = {"true": "Ground truth", "ssm": "Single SM", "dsm": "Dual SM"}
+
+
+def fig1_params(cfg: dict) -> dict:
+    """The resolved `fig1` parameters: defaults overridden by cfg['fig1']."""
+    given = dict((cfg or {}).get("fig1") or {})
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise DsmError(f"fig1.{unknown[0]}: unknown key (known: {', '.join(DEFAULTS)})")
+    p = {**DEFAULTS, **given}
+    for k in ("n", "n_norm", "steps", "batch_size", "lr_halve_every", "width", "layers", "grid", "d"):
+        if not isinstance(p[k], int) or p[k] < 1:
+            raise DsmError(f"fig1.{k}: expected a positive integer, got {p[k]!r}")
+    if not (0 < p["t_min"] < p["t_max"]):
+        raise DsmError(f"fig1.t_min/t_max: need 0 < t_min < t_max, got {p['t_min']}, {p['t_max']}")
+    if not (isinstance(p["r_range"], (list, tuple)) and len(p["r_range"]) == 2
+            and 0 <= p["r_range"][0] < p["r_range"][1]):
+        raise DsmError(f"fig1.r_range: expected [lo, hi] with 0 <= lo < hi, got {p['r_range']!r}")
+    if p["norm_entropy"] not in ("isotropic", "data_variance"):
+        raise DsmError(f"fig1.norm_entropy: unknown value {p['norm_entropy']!r} (expected isotropic or data_variance)")
+    if p["t_eval"] < 0:
+        raise DsmError(f"fig1.t_eval: must be >= 0, got {p['t_eval']}")
+    return p
+
+
+# --- losses ------------------------------------------------------------------------
+
+def single_score_matching_loss(model, x, t, z) -> dict:
+    """DSM term alone on an energy model's ∇_y U (the TSM term is reported, not trained).
+
+    Thin wrapper over :func:`dsm.objectives.dual_score_matching_loss`, so both methods
+    share one computation of the terms.
+    """
+    terms = dual_score_matching_loss(model, x, t, z)
+    return {"loss": terms["dsm"], "dsm": terms["dsm"], "tsm": terms["tsm"].detach()}
+
+
+LOSSES = {"ssm": single_score_matching_loss, "dsm": dual_score_matching_loss}
+
+
+# --- experiment --------------------------------------------------------------------
+
+def build_model(p: dict) -> GSMMLPEnergy:
+    """The Figure 1 model, initialized from p['seed'] (identical for both methods)."""
+    torch.manual_seed(p["seed"])
+    return GSMMLPEnergy(d=p["d"], components=len(p["sigmas"]), width=p["width"],
+                        layers=p["layers"], t_min=p["t_min"])
+
+
+def train_method(method: str, x_train: torch.Tensor, p: dict, out_dir, device=None):
+    """Train one model by ``method`` ('ssm' or 'dsm') with dsm.train.fit; returns (model, result)."""
+    from dsm.train import fit
+
+    model = build_model(p)
+    train_cfg = {k: p[k] for k in ("steps", "batch_size", "lr", "lr_halve_every", "t_min", "t_max",
+                                   "seed", "checkpoint_every", "log_every", "flush_denormal", "threads")}
+    n, b = x_train.shape[0], p["batch_size"]
+
+    def next_batch(step: int, generator: torch.Generator) -> torch.Tensor:
+        return x_train[torch.randint(n, (b,), generator=generator)]
+
+    identity = {"figure": "fig1", "method": method,
+                **{k: p[k] for k in ("d", "sigmas", "weights", "n", "width", "layers")}}
+    result = fit(model, next_batch, train_cfg, out_dir, device=device, loss_fn=LOSSES[method],
+                 identity=identity, desc=f"fig1 {method}")
+    return model, result
+
+
+@torch.no_grad()
+def normalization_constant(model, x_heldout: torch.Tensor, t_max: float, seed: int,
+                           entropy: str = "data_variance", batch: int = 4096) -> float:
+    """c = H - mean_i U(x_i + sqrt(t_max) z_i, t_max), nats (METHOD.md §5), one z_i per sample.
+
+    H is the entropy of the Gaussian that p(y | t_max) is taken to be:
+      "isotropic":     N(mean, t_max I), H = (d/2) ln(2πe t_max) — METHOD.md §5 as written;
+      "data_variance": N(mean, (v̄ + t_max) I), H = (d/2) ln(2πe (v̄ + t_max)), with v̄ the
+                       held-out data's variance per value. For Figure 1 (v̄ = 8.5, t_max = 100)
+                       the isotropic form is 0.172 dB/dim off, this one 0.005 (docs/benchmarks.md);
+                       on [0, 1] images (v̄ <= 0.25, t_max = 1e3) the two differ by < 1e-3 dB/dim.
+    """
+    if entropy not in ("isotropic", "data_variance"):
+        raise DsmError(f"fig1.norm_entropy: unknown value {entropy!r} (expected isotropic or data_variance)")
+    g = torch.Generator().manual_seed(seed)
+    d = x_heldout[0].numel()
+    dev = next(model.parameters()).device
+    total = 0.0
+    for i in range(0, len(x_heldout), batch):
+        x = x_heldout[i:i + batch]
+        z = torch.randn(x.shape, generator=g, dtype=x.dtype)
+        y = (x + math.sqrt(t_max) * z).to(dev)
+        total += model.energy(y, torch.full((len(x),), t_max, device=dev)).double().sum().item()
+    var = 0.0
+    if entropy == "data_variance":
+        xd = x_heldout.double().flatten(1)
+        var = float((xd - xd.mean(0)).pow(2).mean())
+    return 0.5 * d * math.log(2 * math.pi * math.e * (t_max + var)) - total / len(x_heldout)
+
+
+def error_metrics(rho: np.ndarray, logp: np.ndarray, logp_true: np.ndarray, r_range) -> dict:
+    """|logp - logp_true| (dB/dim) on the points of ``rho`` within ``r_range``.
+
+    max_abs, rms: raw. shift_minimax = (max e + min e)/2 minimizes the max, giving
+    max_abs_shifted; shift_mean = mean e minimizes the RMS, giving rms_shifted
+    (e = logp - logp_true; shifts are subtracted from logp).
+    """
+    sel = (rho >= r_range[0]) & (rho <= r_range[1])
+    if not sel.any():
+        raise DsmError(f"fig1.r_range: no grid point in {r_range}")
+    e = np.asarray(logp, np.float64)[sel] - np.asarray(logp_true, np.float64)[sel]
+    s_max, s_mean = 0.5 * (e.max() + e.min()), e.mean()
+    return {"max_abs": float(np.abs(e).max()), "rms": float(np.sqrt(np.mean(e**2))),
+            "shift_minimax": float(s_max), "max_abs_shifted": float(np.abs(e - s_max).max()),
+            "shift_mean": float(s_mean), "rms_shifted": float(np.sqrt(np.mean((e - s_mean) ** 2))),
+            "n_points": int(sel.sum())}
+
+
+@torch.no_grad()
+def radial_curves(model, gsm: GaussianScaleMixture, rho: np.ndarray, t: float, c: float | None):
+    """log p (dB/dim) and radial score d log p / dρ (dB/dim per unit of ρ = r/√d) on rho.
+
+    ``model=None`` gives the exact curves (then ``c`` is ignored: the truth is normalized).
+    """
+    d = gsm.d
+    r = torch.as_tensor(rho * math.sqrt(d), dtype=torch.float64)
+    if model is None:
+        u, du = gsm.radial_energy(r, t), gsm.radial_score(r, t)
+    else:
+        dev = next(model.parameters()).device
+        rr = r.to(device=dev, dtype=torch.float32)
+        tt = torch.full_like(rr, t)
+        u = model.radial_energy(rr, tt).double().cpu() + c
+        du = model.radial_score(rr, tt).double().cpu()
+    logp = units.logp_db_per_dim(u.numpy(), d)
+    score = units.logp_db_per_dim(du.numpy(), d) * math.sqrt(d)  # chain rule: dr/dρ = √d
+    return logp, score
+
+
+def run_fig1(p: dict, out, device=None) -> dict:
+    """Run the experiment with resolved parameters ``p``; write OUT/{fig1.pdf, metrics.json, curves.csv}."""
+    out = Path(out)
+    gsm = GaussianScaleMixture(p["d"], tuple(p["sigmas"]), tuple(p["weights"]))
+    x_train = torch.from_numpy(gsm.sample(p["n"], p["seed"]))
+    x_norm = torch.from_numpy(gsm.sample(p["n_norm"], p["seed"] + 1))
+
+    rho_plot = np.linspace(0.0, 5.0, 501)
+    rho_metric = np.linspace(p["r_range"][0], p["r_range"][1], p["grid"])
+    true_plot = radial_curves(None, gsm, rho_plot, p["t_eval"], None)
+    true_metric, true_metric_score = radial_curves(None, gsm, rho_metric, p["t_eval"], None)
+
+    metrics = {"t_eval": p["t_eval"], "r_range": list(p["r_range"]), "units": "log p in dB/dim",
+               "normalization": f"METHOD.md §5 at t_max on n_norm held-out samples, entropy "
+                                f"'{p['norm_entropy']}' (the other form under 'normalization_alternative')",
+               "shifts": "max_abs_shifted uses the minimax shift (max+min)/2; rms_shifted the mean shift",
+               "params": p, "code_version": code_version(), "threads": torch.get_num_threads()}
+    other = {"isotropic": "data_variance", "data_variance": "isotropic"}[p["norm_entropy"]]
+    t_min_true = radial_curves(None, gsm, rho_metric, p["t_min"], None)[0]
+    curves = {"rho": rho_plot, "logp_true": true_plot[0], "score_true": true_plot[1]}
+    for m in METHODS:
+        model, result = train_method(m, x_train, p, out / m, device)
+        model.eval()
+        c = normalization_constant(model, x_norm, p["t_max"], seed=p["seed"] + 2, entropy=p["norm_entropy"])
+        c_other = normalization_constant(model, x_norm, p["t_max"], seed=p["seed"] + 2, entropy=other)
+        logp_m, score_m = radial_curves(model, gsm, rho_plot, p["t_eval"], c)
+        logp_metric = radial_curves(model, gsm, rho_metric, p["t_eval"], c)
+        logp_other = radial_curves(model, gsm, rho_metric, p["t_eval"], c_other)[0]
+        logp_t_min = radial_curves(model, gsm, rho_metric, p["t_min"], c)[0]
+        with torch.no_grad():
+            dev = next(model.parameters()).device
+            log_z = model.log_normalizer(torch.tensor([p["t_eval"], p["t_max"]], device=dev)).cpu()
+        metrics[m] = {**error_metrics(rho_metric, logp_metric[0], true_metric, p["r_range"]),
+                      "c_nats": c,
+                      "normalization_alternative": {
+                          "entropy": other, "c_nats": c_other,
+                          **error_metrics(rho_metric, logp_other, true_metric, p["r_range"])},
+                      # the same comparison at t = t_min (inside the training range of t)
+                      "at_t_min": error_metrics(rho_metric, logp_t_min, t_min_true, p["r_range"]),
+                      # max |error| of the radial score (dB/dim per unit of r/√d) in the window
+                      "score_max_abs": error_metrics(rho_metric, logp_metric[1], true_metric_score,
+                                                     p["r_range"])["max_abs"],
+                      # closed-form log ∫exp(-U) of the learned (unnormalized) energy, per dim:
+                      # -c/d if the model's normalization were t-independent and §5 were exact.
+                      "log_normalizer_per_dim": {"t_eval": float(log_z[0]) / p["d"],
+                                                 "t_max": float(log_z[1]) / p["d"]},
+                      "train_seconds": result.seconds, "steps": result.step,
+                      "last_log": result.last}
+        curves[f"logp_{m}"], curves[f"score_{m}"] = logp_m, score_m
+        curves[f"logp_{m}_shifted"] = logp_m - metrics[m]["shift_mean"]
+
+    _write_curves(out / "curves.csv", curves)
+    plot_fig1(curves, x_train, p, out / "fig1.pdf")
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def fig1_from_params(cfg: dict, out, device=None) -> dict:
+    """`dsm fig1`: parameters from cfg['fig1'] (paper values by default)."""
+    p = fig1_params(cfg)
+    if device is None:
+        device = (cfg or {}).get("device", "auto")
+    return run_fig1(p, out, device)
+
+
+# --- output ------------------------------------------------------------------------
+
+def _write_curves(path, curves: dict) -> None:
+    keys = list(curves)
+    rows = np.stack([np.asarray(curves[k], np.float64) for k in keys], axis=1)
+    lines = [",".join(keys)] + [",".join(f"{v:.6g}" for v in row) for row in rows]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def plot_fig1(curves: dict, x_train: torch.Tensor, p: dict, path) -> None:
+    """The paper's two panels, written atomically (format from the suffix: .pdf, .png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from dsm.io import atomic_path
+
+    colors = {"true": "tab:blue", "ssm": "tab:green", "dsm": "tab:red"}
+    dashes = (0, (2.5, 2.5))
+    rho = curves["rho"]
+    r_data = (torch.linalg.vector_norm(x_train[:100_000], dim=1) / math.sqrt(p["d"])).numpy()
+    fig, axs = plt.subplots(figsize=(7, 3), ncols=2, layout="constrained")
+    for ax, kind in zip(axs, ("logp", "score")):
+        ax.plot(rho, curves[f"{kind}_true"], color=colors["true"], lw=3, label=LABELS["true"])
+        ax.plot(rho, curves[f"{kind}_ssm"], color=colors["ssm"], lw=2, ls=dashes, label=LABELS["ssm"])
+        if kind == "logp":
+            ax.plot(rho, curves["logp_ssm_shifted"], color=colors["ssm"], lw=2, ls=":",
+                    label=LABELS["ssm"] + " (shifted)")
+        ax.plot(rho, curves[f"{kind}_dsm"], color=colors["dsm"], lw=2, ls=dashes, label=LABELS["dsm"])
+        ax.set_xlim(0, 5)
+        ax.set_xlabel(r"$\|x\|/\sqrt{d}$")
+        twin = ax.twinx()
+        twin.hist(r_data, bins=100, range=(0, 5), density=True, color=colors["true"], alpha=0.3,
+                  zorder=-1, label="Data", rasterized=True)
+        twin.set_ylim(0, 10)
+        twin.tick_params(axis="y", right=False, labelright=False)
+        ax.set_zorder(twin.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        if kind == "logp":
+            lo = min(np.min(curves[f"logp_{k}"][rho >= p["r_range"][0]]) for k in ("true", "dsm", "ssm_shifted"))
+            hi = max(np.max(curves[f"logp_{k}"]) for k in ("true", "dsm", "ssm_shifted"))
+            ax.set_ylim(math.floor(lo) - 1, math.ceil(hi) + 1)
+            ax.set_ylabel("log probability (dB/dim)")
+            ax.set_title(f"t = {p['t_eval']:g}", fontsize=9)
+            h1, l1 = ax.get_legend_handles_labels()
+            h2, l2 = twin.get_legend_handles_labels()
+            ax.legend(h2 + h1, l2 + l1, loc="upper right", fontsize=7)
+        else:
+            ax.set_ylabel("radial score (dB/dim)")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "pdf", bbox_inches="tight", dpi=150)
+    plt.close(fig)

@@ -1,0 +1,137 @@
+"""Figure 2: do models trained on disjoint sets A and B of N images agree on log p?
+
+Plotting only; reads the per-image tables (``results/<scale>/logp/N{N}-{A,B}.parquet``)
+and the metrics of :mod:`dsm.analysis.generalization`.
+
+Layout (the paper's): one panel per N, log p_A (x) against log p_B (y) in dB/dim over
+each model's own training images (at most ``max_points`` of each set; A images and B
+images in two colours), identity line, shared axes. On a source with an exact density
+(``field``) a second row plots each model's log p against the exact log p (model A on
+the A images, model B on the B images).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dsm.analysis.generalization import SPLITS, pair_tables, read_table, table_path
+from dsm.errors import DsmError
+
+COLORS = {"A": "tab:blue", "B": "tab:orange"}
+DEFAULTS = {"max_points": 1000, "lim": None, "panel_size": 2.2, "point_size": 2.0}
+
+
+def fig2_params(cfg: dict) -> dict:
+    given = dict(((cfg or {}).get("figures") or {}).get("fig2") or {})
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise DsmError(f"figures.fig2.{unknown[0]}: unknown key (known: {', '.join(DEFAULTS)})")
+    return {**DEFAULTS, **given}
+
+
+def load_pairs(logp_dir, ns, max_points: int) -> dict:
+    """{N: pairs DataFrame} with at most ``max_points`` images of each set."""
+    out = {}
+    for n in ns:
+        pairs = pair_tables(read_table(table_path(logp_dir, n, "A")),
+                            read_table(table_path(logp_dir, n, "B")), SPLITS)
+        out[n] = pairs.groupby("image_set", group_keys=False).head(max_points)
+    return out
+
+
+def _limits(values, lim):
+    if lim is not None:
+        return float(lim[0]), float(lim[1])
+    v = np.concatenate([np.asarray(x, np.float64) for x in values if len(x)])
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return 0.0, 1.0
+    lo, hi = float(v.min()), float(v.max())
+    pad = 0.05 * (hi - lo or 1.0)
+    return lo - pad, hi + pad
+
+
+def _fmt(x, spec):
+    return "–" if x is None else format(x, spec)
+
+
+def plot_fig2(pairs: dict, metrics: dict, p: dict, path, title: str | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = list(pairs)
+    exact = all("exact" in df and df["exact"].notna().all() for df in pairs.values())
+    rows = 2 if exact else 1
+    values = [df[c] for df in pairs.values() for c in ("logp_a", "logp_b")]
+    if exact:
+        values += [df["exact"] for df in pairs.values()]
+    lo, hi = _limits(values, p["lim"])
+    size = p["panel_size"]
+    fig, axes = plt.subplots(rows, len(ns), figsize=(size * len(ns), size * rows + 0.4),
+                             squeeze=False, sharex=True, sharey=True, constrained_layout=True)
+    by_n = (metrics or {}).get("by_N", {})
+    for j, n in enumerate(ns):
+        df, m = pairs[n], by_n.get(str(n), {})
+        ax = axes[0, j]
+        for s in SPLITS:
+            d = df[df["image_set"] == s]
+            ax.scatter(d["logp_a"], d["logp_b"], s=p["point_size"], c=COLORS[s], lw=0,
+                       alpha=0.7, label=f"train {s}", rasterized=True)
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.6)
+        ax.set_title(f"N = {n:,}\nr = {_fmt(m.get('pearson_r'), '.4f')}, "
+                     f"RMS = {_fmt(m.get('rms_db'), '.3g')}", fontsize=8)
+        if j == 0:
+            ax.set_ylabel("log p_B (dB/dim)")
+            ax.legend(fontsize=6, markerscale=3, loc="upper left")
+        if rows == 1:
+            ax.set_xlabel("log p_A (dB/dim)")
+        if exact:
+            ax = axes[1, j]
+            for s, col in (("A", "logp_a"), ("B", "logp_b")):
+                d = df[df["image_set"] == s]
+                ax.scatter(d["exact"], d[col], s=p["point_size"], c=COLORS[s], lw=0, alpha=0.7,
+                           label=f"model {s}", rasterized=True)
+            ax.plot([lo, hi], [lo, hi], "k-", lw=0.6)
+            ax.set_title(f"error mean {_fmt(m.get('exact_mean_err_db'), '.3g')}, "
+                         f"RMS {_fmt(m.get('exact_rms_err_db'), '.3g')}", fontsize=8)
+            ax.set_xlabel("exact log p (dB/dim)")
+            if j == 0:
+                ax.set_ylabel("model log p (dB/dim)")
+                ax.legend(fontsize=6, markerscale=3, loc="upper left")
+    for ax in axes.flat:
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.pdf")
+    try:
+        fig.savefig(tmp)
+        tmp.replace(path)  # atomic: a killed job leaves no fig2.pdf
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def fig2_from_params(cfg: dict, logp, metrics, out) -> None:
+    """`dsm fig2`: the figure for the Ns of the metrics file (from `dsm compare`)."""
+    import json
+
+    p = fig2_params(cfg)
+    metrics_path = Path(metrics)
+    if not metrics_path.is_file():
+        raise DsmError(f"{metrics_path}: metrics not found (run `dsm compare`)")
+    m = json.loads(metrics_path.read_text())
+    ns = sorted(int(n) for n in m.get("by_N", {}))
+    if not ns:
+        raise DsmError(f"{metrics_path}: no per-N metrics")
+    pairs = load_pairs(logp, ns, int(p["max_points"]))
+    title = f"{m.get('dataset') or ''} ({m.get('scale') or cfg.get('name')}): log p of models trained on disjoint sets A and B"
+    plot_fig2(pairs, m, p, out, title=title)

@@ -1,0 +1,45 @@
+"""Networks: the homogeneous UNet, its normalization and noise embedding, and the
+energy / score-only wrappers (METHOD.md §3, docs/DESIGN.md "Models")."""
+
+from __future__ import annotations
+
+from dsm.errors import DsmError
+from dsm.nets.energy import EnergyModel, ScoreModel
+from dsm.nets.unet import UNet, build_network
+
+MODEL_KINDS = ("energy", "score")
+
+
+def build_model(model_cfg: dict, channels: int, image_size: int):
+    """EnergyModel or ScoreModel from the `model:` parameter section.
+
+    Keys (defaults in brackets):
+      kind            energy | score                       [energy]
+      widths          list, width per scale; scales = len   [64, 128, 256]
+      mid_width       width of the middle block             [2 * widths[-1]]
+      layers_per_block  conv layers per block (>= 2)        [3]
+      activation      gelu | relu                           [gelu]
+      embedding       linear (release: features of t) | log (features of ln t)  [linear]
+      norm_eps        eps of the homogeneous norm (>= 0)    [1e-5]
+      norm_eps_mode   absolute | relative (eps scaled by the input's energy,
+                      exactly homogeneous)                  [absolute]
+      norm_impl       fused (hand-written double-differentiable backward of the
+                      norm statistics) | autograd (plain reference); same values  [fused]
+      grad_mode       autograd | embedding: how the energy model computes ∂_t U for
+                      training (same result; see EnergyModel)  [autograd]
+    image_size must be divisible by 2**len(widths) (DsmError otherwise).
+    """
+    cfg = dict(model_cfg or {})
+    kind = cfg.get("kind", "energy")
+    if kind not in MODEL_KINDS:
+        raise DsmError(f"model.kind: unknown value {kind!r} (expected one of {MODEL_KINDS})")
+    net = build_network(cfg, channels, image_size)
+    if kind == "score":
+        return ScoreModel(net)
+    grad_mode = cfg.get("grad_mode", "autograd")
+    if grad_mode not in EnergyModel.GRAD_MODES:
+        raise DsmError(f"model.grad_mode: unknown value {grad_mode!r} (expected one of {EnergyModel.GRAD_MODES})")
+    return EnergyModel(net, grad_mode=grad_mode)
+
+
+__all__ = ["UNet", "EnergyModel", "ScoreModel", "build_network", "build_model", "MODEL_KINDS"]

@@ -1,0 +1,78 @@
+"""Noise-level embedding: Fourier features of t (or of log t) followed by a small MLP.
+
+METHOD.md §3: 32 frequencies, cos and sin (64 features) -> MLP 64 -> 256 -> 256 with
+SiLU. Each normalization layer then maps the 256-d embedding to its own per-channel
+gains (see norm.py); the embedding itself never touches the image path additively,
+so the network stays bias-free in y.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dsm.errors import DsmError
+
+EMBEDDINGS = ("linear", "log")
+
+# log t is evaluated as log(t + LOG_T_FLOOR) so that t = 0 (the one-shot log p(x)
+# evaluation) stays finite; the floor is far below the training range (t_min = 1e-9)
+# and, unlike a clamp, keeps d/dt nonzero.
+LOG_T_FLOOR = 1e-12
+
+
+class NoiseEmbedding(nn.Module):
+    """t (B,) noise variance -> (B, dim) embedding.
+
+    kind="linear" [release]: features of t itself, frequencies log-spaced 1 .. 0.01
+    (periods 1 .. 100 in units of t), nearly constant for t < 1e-3.
+    kind="log": the same features of ln(t + 1e-12), periods 1 .. 100 in units of ln t,
+    so the embedding keeps resolving noise levels down to t_min.
+    """
+
+    def __init__(self, kind: str = "linear", n_freqs: int = 32, dim: int = 256):
+        super().__init__()
+        if kind not in EMBEDDINGS:
+            raise DsmError(f"model.embedding: unknown value {kind!r} (expected one of {EMBEDDINGS})")
+        self.kind = kind
+        self.dim = dim
+        freqs = 2 * math.pi * torch.logspace(0.0, -2.0, n_freqs, dtype=torch.float64)
+        self.register_buffer("freqs", freqs.float())
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * n_freqs, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU()
+        )
+
+    def features(self, t: torch.Tensor) -> torch.Tensor:
+        """(B,) -> (B, 2 n_freqs) Fourier features [cos, sin]."""
+        u = t if self.kind == "linear" else torch.log(t + LOG_T_FLOOR)
+        arg = u[:, None] * self.freqs.to(u.dtype)
+        return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.features(t))
+
+    def forward_with_tangent(self, t: torch.Tensor):
+        """(emb (B, dim), d emb / dt (B, dim)): forward-mode derivative by the chain rule.
+
+        Written out by hand (the MLP is two Linear + SiLU) rather than with torch.func.jvp,
+        whose first use loads TorchScript decompositions (slow, deprecated warnings).
+        Both outputs are differentiable w.r.t. the MLP parameters.
+        """
+        if self.kind == "linear":
+            u, du = t, torch.ones_like(t)
+        else:
+            u, du = torch.log(t + LOG_T_FLOOR), 1.0 / (t + LOG_T_FLOOR)
+        w = self.freqs.to(u.dtype)
+        arg = u[:, None] * w
+        cos, sin = torch.cos(arg), torch.sin(arg)
+        h = torch.cat([cos, sin], dim=1)
+        dh = torch.cat([-sin * w, cos * w], dim=1) * du[:, None]
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                h, dh = layer(h), dh @ layer.weight.T
+            else:  # SiLU: d/da [a sigmoid(a)] = sigmoid(a) (1 + a (1 - sigmoid(a)))
+                sig = torch.sigmoid(h)
+                h, dh = h * sig, dh * sig * (1 + h * (1 - sig))
+        return h, dh

@@ -1,0 +1,280 @@
+"""Figure 1: the exact Gaussian scale mixture, the mixture-of-quadratics model, the
+metrics, and a tiny end-to-end `dsm fig1` (METHOD.md §7)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from scipy.special import logsumexp
+
+from dsm.data import gsm as gsm_mod
+from dsm.data.gsm import GaussianScaleMixture
+from dsm.errors import DsmError
+from dsm.figures import fig1
+from dsm.nets.gsm_mlp import GSMMLPEnergy
+
+REPO = Path(__file__).resolve().parent.parent
+T_VALUES = [0.0, 1e-2, 1.0, 7.5, 100.0]
+
+
+def _exact_log_density(y: np.ndarray, t: float, sigmas, weights) -> np.ndarray:
+    """log Σ_i w_i Π_k N(y_k; 0, σ_i² + t) by scipy, float64, independent of dsm."""
+    per = [np.log(w) + stats.norm.logpdf(y, scale=math.sqrt(s**2 + t)).sum(1)
+           for s, w in zip(sigmas, weights)]
+    return logsumexp(np.stack(per, 1), axis=1)
+
+
+@pytest.fixture(scope="module")
+def gsm():
+    return GaussianScaleMixture()
+
+
+# --- the exact density ----------------------------------------------------------------
+
+@pytest.mark.parametrize("t", T_VALUES)
+def test_gsm_energy_matches_scipy(gsm, t):
+    rng = np.random.default_rng(1)
+    # points near both shells and in between, where both components matter
+    y = rng.standard_normal((12, gsm.d)) * np.array([1, 4, 2.05, 2.2, 0.5, 6] * 2)[:, None]
+    y[-1] *= math.sqrt(1 + t)
+    ref = -_exact_log_density(y, t, gsm.sigmas, gsm.weights)
+    u = gsm.energy(torch.from_numpy(y), t).numpy()
+    np.testing.assert_allclose(u, ref, rtol=1e-12, atol=1e-8)
+    # the radial form is the same function of r = ||y||
+    ur = gsm.radial_energy(torch.from_numpy(np.linalg.norm(y, axis=1)), t).numpy()
+    np.testing.assert_allclose(ur, ref, rtol=1e-12, atol=1e-8)
+
+
+def test_gsm_energy_per_sample_t_and_shapes(gsm):
+    y = torch.randn(4, 1, 10, 100, dtype=torch.float64)  # image-shaped, d = 1000
+    t = torch.tensor([0.0, 0.1, 1.0, 10.0], dtype=torch.float64)
+    u = gsm.energy(y, t)
+    each = torch.stack([gsm.energy(y[i:i + 1], float(t[i]))[0] for i in range(4)])
+    torch.testing.assert_close(u, each)
+    assert gsm.score(y, t).shape == y.shape
+    with pytest.raises(DsmError, match="1000"):
+        gsm.energy(torch.zeros(2, 999), 0.0)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 5.0, 100.0])
+def test_gsm_derivatives_against_finite_differences(gsm, t):
+    r = torch.tensor([0.4, 1.0, 1.9, 2.05, 2.3, 4.0, 5.0], dtype=torch.float64) * math.sqrt(gsm.d)
+    h = 1e-4 * r
+    fd = (gsm.radial_energy(r + h, t) - gsm.radial_energy(r - h, t)) / (2 * h)
+    torch.testing.assert_close(gsm.radial_score(r, t), fd, rtol=1e-6, atol=1e-6)
+    ht = 1e-5 * (1 + t)
+    f = lambda tt: gsm.radial_energy(r, tt)  # noqa: E731
+    if t > ht:
+        fdt = (f(t + ht) - f(t - ht)) / (2 * ht)
+    else:  # t = 0 is the boundary: second-order one-sided difference
+        fdt = (-3 * f(t) + 4 * f(t + ht) - f(t + 2 * ht)) / (2 * ht)
+    torch.testing.assert_close(gsm.radial_time_score(r, t), fdt, rtol=1e-5, atol=1e-4)
+    # space score and time score on vectors against autograd of the energy
+    y = (torch.randn(5, gsm.d, dtype=torch.float64) * 2.0).requires_grad_(True)
+    tt = torch.full((5,), t, dtype=torch.float64, requires_grad=True)
+    gy, gt = torch.autograd.grad(gsm.energy(y, tt).sum(), (y, tt))
+    torch.testing.assert_close(gsm.score(y.detach(), t), gy)
+    torch.testing.assert_close(gsm.time_score(y.detach(), t), gt)
+    torch.testing.assert_close(gsm.denoise(y.detach(), t), y.detach() - t * gy)
+
+
+def test_gsm_sample(gsm):
+    x = gsm_mod.sample(4000, seed=3)
+    assert x.shape == (4000, 1000) and x.dtype == np.float32
+    np.testing.assert_array_equal(gsm_mod.sample(50, seed=3), gsm_mod.sample(50, seed=3, chunk=7))
+    assert not np.array_equal(gsm_mod.sample(50, seed=3), gsm_mod.sample(50, seed=4))
+    rho2 = (x.astype(np.float64) ** 2).mean(1)
+    small = rho2 < 4
+    assert abs(small.mean() - 0.5) < 0.03                     # weights ½, ½
+    assert abs(rho2[small].mean() - 1.0) < 0.01               # σ = 1
+    assert abs(rho2[~small].mean() - 16.0) < 0.1              # σ = 4
+    with pytest.raises(DsmError, match="weights"):
+        GaussianScaleMixture(10, (1.0, 2.0), (0.5, 0.6))
+
+
+# --- the model ------------------------------------------------------------------------
+
+def _small_model(d=50, seed=0):
+    torch.manual_seed(seed)
+    return GSMMLPEnergy(d=d, width=32, layers=4).double()
+
+
+def test_model_scores_match_autograd_and_finite_differences():
+    m = _small_model()
+    y = torch.randn(9, 50, dtype=torch.float64) * 3
+    t = torch.exp(torch.linspace(-5, 5, 9, dtype=torch.float64))
+    u, gy, gt = m.energy_and_scores(y, t)
+    yy, tt = y.clone().requires_grad_(True), t.clone().requires_grad_(True)
+    au = m.energy(yy, tt)
+    ay, at = torch.autograd.grad(au.sum(), (yy, tt))
+    torch.testing.assert_close(u, au.detach())
+    torch.testing.assert_close(gy, ay, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gt, at, rtol=1e-10, atol=1e-10)
+    # finite differences in t (the forward-mode tangent) and in r (radial score)
+    h = 1e-6 * t
+    fd = (m.energy(y, t + h) - m.energy(y, t - h)) / (2 * h)
+    torch.testing.assert_close(gt, fd, rtol=1e-5, atol=1e-6)
+    r = torch.linalg.vector_norm(y, dim=1)
+    fdr = (m.radial_energy(r + 1e-6 * r, t) - m.radial_energy(r - 1e-6 * r, t)) / (2e-6 * r)
+    torch.testing.assert_close(m.radial_score(r, t), fdr, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(m.score(y, t), gy)
+    torch.testing.assert_close(m.time_score(y, t), gt)
+    # a_i > 0 always (softplus), whatever the raw output
+    a, _ = m.coefficients(t)
+    assert (a > 0).all()
+
+
+def test_model_loss_gradients_equal_double_backprop():
+    """The closed-form route gives the parameters the same gradients as autograd of U."""
+    from dsm.objectives import dual_score_matching_loss
+
+    class AutogradOnly(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def energy(self, y, t):
+            return self.m.energy(y, t)
+
+    m = _small_model()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 50, generator=g, dtype=torch.float64) * 2
+    z = torch.randn(16, 50, generator=g, dtype=torch.float64)
+    t = torch.exp(torch.rand(16, generator=g, dtype=torch.float64) * 9.2 - 4.6)
+    for loss_fn in (dual_score_matching_loss, fig1.single_score_matching_loss):
+        g1 = torch.autograd.grad(loss_fn(m, x, t, z)["loss"], list(m.parameters()))
+        g2 = torch.autograd.grad(loss_fn(AutogradOnly(m), x, t, z)["loss"], list(m.parameters()))
+        for a, b in zip(g1, g2):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * float(b.abs().max()))
+    terms = fig1.single_score_matching_loss(m, x, t, z)
+    assert torch.equal(terms["loss"], terms["dsm"]) and not terms["tsm"].requires_grad
+
+
+class ExactCoefficients(GSMMLPEnergy):
+    """The model family with (a, b) set by hand to the truth of a GaussianScaleMixture."""
+
+    def __init__(self, gsm: GaussianScaleMixture):
+        super().__init__(d=gsm.d, components=len(gsm.sigmas), width=4, layers=2)
+        self.sig2 = torch.tensor(gsm.sigmas, dtype=torch.float64) ** 2
+        self.logw = torch.log(torch.tensor(gsm.weights, dtype=torch.float64))
+
+    def coefficients_and_rates(self, t):
+        v = self.sig2 + t[:, None]
+        a = 1 / (2 * v)                                                # a_i = 1/(2(σ_i²+t))
+        b = 0.5 * self.d * torch.log(2 * math.pi * v) - self.logw      # b_i = (d/2)log(2πv_i) - log w_i
+        return a, b, -1 / (2 * v**2), 0.5 * self.d / v
+
+    def coefficients(self, t):
+        return self.coefficients_and_rates(t)[:2]
+
+
+@pytest.mark.parametrize("t", T_VALUES)
+def test_model_family_contains_the_truth(gsm, t):
+    m = ExactCoefficients(gsm)
+    y = torch.randn(8, gsm.d, dtype=torch.float64) * torch.tensor([1, 4, 2, 2.1, 0.3, 6, 3, 1.2],
+                                                                   dtype=torch.float64)[:, None]
+    tt = torch.full((8,), t, dtype=torch.float64)
+    u, gy, gt = m.energy_and_scores(y, tt)
+    torch.testing.assert_close(u, gsm.energy(y, t), rtol=1e-12, atol=1e-8)
+    torch.testing.assert_close(gy, gsm.score(y, t), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gt, gsm.time_score(y, t), rtol=1e-10, atol=1e-8)
+    r = torch.linalg.vector_norm(y, dim=1)
+    torch.testing.assert_close(m.radial_score(r, tt), gsm.radial_score(r, t))
+    # exactly normalized at every t: log ∫ exp(-U) = 0
+    torch.testing.assert_close(m.log_normalizer(tt), torch.zeros(8, dtype=torch.float64),
+                               rtol=0, atol=1e-9)
+
+
+def test_normalization_constant_of_an_exact_model():
+    """Exact N(0, σ²I) model (normalized, so the right c is 0): METHOD.md §5 as written
+    gives c = (d/2) ln(t_max / (σ² + t_max)) ± MC error; with the data variance, c ≈ 0."""
+    g1 = GaussianScaleMixture(1000, (1.0,), (1.0,))
+    m = ExactCoefficients(g1).float()
+    m.sig2, m.logw = m.sig2.float(), m.logw.float()
+    x = torch.from_numpy(g1.sample(2000, seed=0))
+    se = math.sqrt(1000 / 2) / math.sqrt(2000)  # std of U is sqrt(d/2) nats
+    c_iso = fig1.normalization_constant(m, x, 100.0, seed=1, entropy="isotropic")
+    assert abs(c_iso - 500 * math.log(100.0 / 101.0)) < 4 * se + 0.05, c_iso
+    c_var = fig1.normalization_constant(m, x, 100.0, seed=1, entropy="data_variance")
+    assert abs(c_var) < 4 * se + 0.05 + 500 * 0.01 / 101, c_var  # v̂ within 1 % of σ² = 1
+    assert c_var - c_iso == pytest.approx(500 * math.log(1 + float(x.double().var()) / 100), rel=1e-3)
+    with pytest.raises(DsmError, match="norm_entropy"):
+        fig1.normalization_constant(m, x, 100.0, seed=1, entropy="gaussian")
+
+
+# --- metrics --------------------------------------------------------------------------
+
+def test_error_metrics_known_curves():
+    rho = np.linspace(0.0, 6.0, 6001)
+    truth = -3.0 - rho**2
+    inside = (rho >= 0.5) & (rho <= 5.0)
+    ramp = np.where(inside, (rho - 0.5) / 4.5, 0.0)             # 0 -> 1 across the window
+    model = truth + 2.0 + ramp + np.where(inside, 0.0, 100.0)   # huge error outside: ignored
+    m = fig1.error_metrics(rho, model, truth, (0.5, 5.0))
+    assert m["n_points"] == inside.sum()
+    assert m["max_abs"] == pytest.approx(3.0)
+    assert m["shift_minimax"] == pytest.approx(2.5) and m["max_abs_shifted"] == pytest.approx(0.5)
+    assert m["shift_mean"] == pytest.approx(2.5, abs=1e-9)
+    assert m["rms_shifted"] == pytest.approx(1 / math.sqrt(12), rel=1e-3)  # uniform on [-½, ½]
+    assert m["rms"] == pytest.approx(math.sqrt(2.5**2 + 1 / 12), rel=1e-3)
+    exact = fig1.error_metrics(rho, truth, truth, (0.5, 5.0))
+    assert exact["max_abs"] == 0 and exact["rms"] == 0
+    with pytest.raises(DsmError, match="r_range"):
+        fig1.error_metrics(rho, model, truth, (7.0, 8.0))
+
+
+def test_fig1_params_defaults_and_errors():
+    p = fig1.fig1_params({})
+    assert (p["n"], p["steps"], p["batch_size"], p["lr"], p["lr_halve_every"]) == (100_000, 20_000, 512, 1e-4, 2000)
+    assert (p["t_min"], p["t_max"], p["width"], p["layers"]) == (1e-2, 1e2, 256, 5)
+    with pytest.raises(DsmError, match="fig1.stpes"):
+        fig1.fig1_params({"fig1": {"stpes": 3}})
+    with pytest.raises(DsmError, match="fig1.t_min"):
+        fig1.fig1_params({"fig1": {"t_min": 10.0, "t_max": 1.0}})
+
+
+# --- end to end -----------------------------------------------------------------------
+
+TINY = ["fig1.n=500", "fig1.n_norm=200", "fig1.steps=6", "fig1.batch_size=32", "fig1.width=16",
+        "fig1.layers=3", "fig1.grid=100", "fig1.lr_halve_every=3", "fig1.checkpoint_every=3",
+        "fig1.log_every=1", "fig1.threads=1"]
+
+
+def test_dsm_fig1_end_to_end(tmp_path, capsys):
+    from dsm.cli import main
+
+    params = REPO / "params.yaml"
+    if not params.is_file():
+        pytest.skip("params.yaml not present")
+    argv = ["fig1", "--params", str(params), "--scale", "smoke", "--out", str(tmp_path), "--device", "cpu"]
+    for o in TINY:
+        argv += ["--set", o]
+    assert main(argv) == 0
+    pdf = tmp_path / "fig1.pdf"
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5000
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for m in ("ssm", "dsm"):
+        for key in ("max_abs", "rms", "max_abs_shifted", "rms_shifted", "shift_minimax", "shift_mean",
+                    "c_nats", "train_seconds", "score_max_abs"):
+            assert math.isfinite(metrics[m][key]), (m, key)
+        assert math.isfinite(metrics[m]["normalization_alternative"]["max_abs"])
+        assert math.isfinite(metrics[m]["at_t_min"]["max_abs"])
+        assert metrics[m]["steps"] == 6
+    assert metrics["t_eval"] == 0.0 and metrics["r_range"] == [0.5, 5.0]
+    assert (tmp_path / "curves.csv").read_text().startswith("rho,logp_true,score_true")
+    # same seed: both methods start from the same initialization and see the same batches
+    first = [json.loads(line) for line in (tmp_path / "ssm" / "metrics.jsonl").read_text().splitlines()]
+    first_d = [json.loads(line) for line in (tmp_path / "dsm" / "metrics.jsonl").read_text().splitlines()]
+    assert first[0]["tsm"] == pytest.approx(first_d[0]["tsm"], rel=1e-6)  # step 1, before any update
+    assert first[0]["dsm"] == pytest.approx(first_d[0]["dsm"], rel=1e-6)
+    # rerun: the finished trainings are reused, the outputs rewritten identically
+    before = (tmp_path / "metrics.json").read_text()
+    assert main(argv) == 0
+    after = json.loads((tmp_path / "metrics.json").read_text())
+    assert after["dsm"]["max_abs"] == json.loads(before)["dsm"]["max_abs"]
