@@ -48,10 +48,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--eval-batches", type=int, default=10)
     p.add_argument("--variants", default="autograd/autograd,autograd/fused,embedding/fused",
-                   help="energy variants grad_mode/norm_impl to time (comma-separated); "
+                   help="energy variants grad_mode/impl (impl = model.impl) to time (comma-separated); "
                         "autograd/autograd is the straightforward double back-propagation")
     p.add_argument("--score-variants", default="autograd,fused",
-                   help="score-model norm_impl variants (comma-separated)")
+                   help="score-model impl variants (comma-separated)")
     p.add_argument("--t-min", type=float, default=1e-9)
     p.add_argument("--t-max", type=float, default=1e3)
     p.add_argument("--no-flush-denormal", dest="flush_denormal", action="store_false",
@@ -94,9 +94,9 @@ def main(argv=None):
     widths = [int(w) for w in args.widths.split(",")]
     cfg = {"widths": widths, "mid_width": args.mid, "activation": args.activation, "embedding": args.embedding}
 
-    def make_net(norm_impl):
+    def make_net(impl):
         torch.manual_seed(args.seed)  # same initial weights for every variant
-        return build_network({**cfg, "norm_impl": norm_impl}, args.channels, args.size).to(device)
+        return build_network({**cfg, "impl": impl}, args.channels, args.size).to(device)
 
     variants = {}
     for spec in args.variants.split(","):

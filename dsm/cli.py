@@ -63,7 +63,10 @@ def _run_split(args):
 
 def _add_train(sub):
     p = sub.add_parser("train", help="train an energy (or score) model; resumes from OUT",
-                       description="Train one model on split SPLIT of size N. Rerunning the same command resumes.")
+                       description="Train one model on split SPLIT of size N. Rerunning the same command resumes "
+                                   "from OUT/checkpoints/latest (if the config hash matches); SIGTERM or "
+                                   "SIGUSR1 writes a checkpoint and exits with 128+signal. CPU threads: "
+                                   "$DSM_THREADS, else $OMP_NUM_THREADS.")
     _add_params_options(p)
     p.add_argument("--data", required=True, help="prepared store directory")
     p.add_argument("--splits", required=True, help="splits Parquet (from `dsm split`)")

@@ -61,7 +61,9 @@ def validate_params(params: dict, source: str = "params.yaml") -> None:
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    # `run` is an alias of a scale: name the scale's own key (where the user edits) first.
+    errors = sorted(validator.iter_errors(params),
+                    key=lambda e: (list(e.absolute_path)[:1] == ["run"], [str(p) for p in e.absolute_path]))
     if errors:
         e = errors[0]
         key = ".".join(str(p) for p in e.absolute_path) or "<top level>"

@@ -55,7 +55,7 @@ def dvc_stages(root=".") -> dict[str, list[str]]:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        return {s.addressing: [str(o.def_path) for o in s.outs] for s in repo.index.stages}
+        return {s.name: [str(o.def_path) for o in s.outs] for s in repo.index.stages}
 
 
 def _complete(root, stages: dict) -> tuple[dict, list[str]]:

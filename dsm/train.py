@@ -262,6 +262,9 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitRe
     seed_everything(derived_seed(seed, "global"))
 
     start, seconds, resumed_from = 0, 0.0, None
+    # running sums of the loss terms since the last metrics record: checkpointed, so the
+    # records of a resumed run are those of an uninterrupted one
+    accum = {"sums": {}, "n": 0}
     latest = ckpt.latest_checkpoint(out_dir)
     if latest is not None:
         payload = ckpt.load_checkpoint(latest)
@@ -271,6 +274,7 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitRe
             ckpt.set_rng_state(payload["rng"], gens)
             start = resumed_from = int(payload["step"])
             seconds = float(payload.get("seconds", 0.0))
+            accum = payload.get("log_accum") or accum
             if start < steps:
                 print(f"{desc}: resuming from {latest} (step {start}/{steps})", file=sys.stderr)
         else:
@@ -279,9 +283,8 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitRe
                   f"{latest} != {chash[:12]}): removed {n} stale checkpoint(s), starting fresh",
                   file=sys.stderr)
     metrics_path = out_dir / "metrics.jsonl"
-    write_text(metrics_path, "".join(line + "\n" for line in _read_metrics(metrics_path, start)))
-
-    kept = _read_metrics(metrics_path, start)
+    kept = _read_metrics(metrics_path, start)   # drop records past the resumed step
+    write_text(metrics_path, "".join(line + "\n" for line in kept))
     result = FitResult(step=start, resumed_from=resumed_from, config_sha256=chash, config=resolved,
                        last=json.loads(kept[-1]) if kept else {}, seconds=seconds)
     if start >= steps:
@@ -297,15 +300,15 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitRe
             "schedule": {"kind": "step_halving", "lr": float(cfg["lr"]),
                          "halve_every": int(cfg["lr_halve_every"] or 0)},
             "rng": ckpt.rng_state(gens), "config": resolved, "config_sha256": chash,
-            "seconds": seconds,
+            "seconds": seconds, "log_accum": {"sums": dict(sums), "n": n_sum},
         }, keep=keep)
 
     from tqdm import tqdm
 
     bar = tqdm(total=steps, initial=start, desc=desc, file=sys.stderr, dynamic_ncols=True,
                disable=None if cfg.get("progress", True) else True, leave=False)
-    sums: dict[str, float] = {}
-    n_sum, images, t_log = 0, 0, time.perf_counter()
+    sums: dict[str, float] = {k: float(v) for k, v in accum["sums"].items()}
+    n_sum, images, t_log = int(accum["n"]), 0, time.perf_counter()
     non_blocking = dev.type == "cuda"
     try:
         with _SignalFlag() as flag:
@@ -324,14 +327,17 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitRe
                 optimizer.zero_grad(set_to_none=True)
                 terms = loss_fn(model, x, t, z)
                 terms["loss"].backward()
-                values = {k: float(v.detach()) for k, v in terms.items()}
+                grads = [p.grad for p in params if p.grad is not None]
+                gn = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=dev)
+                # one device->host transfer per step for all logged scalars and the guard
+                host = torch.stack([v.detach().float().reshape(()) for v in terms.values()]
+                                   + [gn.detach().float().to(dev)]).tolist()
+                values, gnorm = dict(zip(terms, host[:-1])), host[-1]
                 if not math.isfinite(values["loss"]):
                     raise DsmError(
                         f"step {step + 1}: loss is {values['loss']} (non-finite; check the data and "
                         f"train.lr); stopped before the update, last good checkpoint: "
                         f"{ckpt.latest_checkpoint(out_dir)}")
-                grads = [p.grad for p in params if p.grad is not None]
-                gnorm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
                 if not math.isfinite(gnorm):
                     raise DsmError(
                         f"step {step + 1}: gradient norm is {gnorm} (loss {values['loss']:.4g}); "
@@ -348,11 +354,12 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitRe
 
                 # a signal during the last step just lets the run finish (nothing to resume)
                 stop = flag.signum is not None and done < steps
-                if done % log_every == 0 or done == steps or stop:
+                if done % log_every == 0 or done == steps:
                     now = time.perf_counter()
                     record = {"step": done, **{k: v / n_sum for k, v in sums.items()},
                               "grad_norm": gnorm, "lr": lr,
-                              "images_per_s": images / max(now - t_log, 1e-9), "seconds": seconds}
+                              "images_per_s": images / max(now - t_log, 1e-9) if images else None,
+                              "seconds": seconds}
                     with open(metrics_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
                     bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)

@@ -122,7 +122,7 @@ def test_log_density_units():
     assert np.allclose(cols["logp_db_per_dim"], units.logp_db_per_dim(e + 10, d))
 
 
-def _rows(model, x, batch_size, t=0.0):
+def _rows(x, batch_size):
     def batches():
         for i in range(0, len(x), batch_size):
             idx = np.arange(i, min(len(x), i + batch_size))
@@ -138,7 +138,7 @@ def test_streaming_writer_rows_do_not_depend_on_batch_size(tmp_path, t):
     for bs in (1, 7):
         path = tmp_path / f"rows_{bs}.parquet"
         with ParquetStream(path, row_schema()) as w:
-            for rows in evaluate_images(model, _rows(model, x, bs), c_nats=1.5, t=t, noise_seed=4):
+            for rows in evaluate_images(model, _rows(x, bs), c_nats=1.5, t=t, noise_seed=4):
                 w.write({**rows, "dataset": "gauss", "N": 10, "model_split": "A", "norm_const_nats": 1.5,
                          "checkpoint_sha256": "abc", "params_sha256": "def", "code_version": "dsm test"})
         assert w.rows == 30
@@ -225,7 +225,7 @@ def test_normalize_and_evaluate_from_params(pipeline):
     assert np.allclose(df["nll_bits_per_dim"], units.nll_bits_per_dim_8bit(df["energy_nats"], 64))
     assert df["exact_energy_nats"].notna().all()
     assert np.allclose(df["exact_logp_db_per_dim"], units.logp_db_per_dim(df["exact_energy_nats"], 64))
-    assert df["image_id"].is_unique is False or df.groupby("image_set")["image_id"].apply(lambda s: s.is_unique).all()
+    assert df.groupby("image_set")["image_id"].apply(lambda s: s.is_unique).all()
 
 
 def test_evaluate_rejects_stale_norm_and_wrong_model(pipeline, tmp_path):

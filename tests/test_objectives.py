@@ -176,9 +176,9 @@ def test_objectives_accept_flat_vectors():
         assert model.net.w.grad is not None and model.net.w.grad.abs().sum() > 0
 
 
-def tiny_energy_model(grad_mode="autograd", norm_impl="autograd", **over):
+def tiny_energy_model(grad_mode="autograd", impl="autograd", **over):
     torch.manual_seed(0)
-    cfg = {"widths": [4, 8], "mid_width": 8, "norm_impl": norm_impl, **over}
+    cfg = {"widths": [4, 8], "mid_width": 8, "impl": impl, **over}
     return EnergyModel(build_network(cfg, 1, 8).double(), grad_mode=grad_mode)
 
 
@@ -199,13 +199,13 @@ NET_VARIANTS = [{"embedding": "linear"}, {"embedding": "log"},
                 {"activation": "relu", "norm_eps": 0.0}, {"norm_eps_mode": "relative"}]
 
 
-@pytest.mark.parametrize("grad_mode,norm_impl", FAST_PATHS)
+@pytest.mark.parametrize("grad_mode,impl", FAST_PATHS)
 @pytest.mark.parametrize("over", NET_VARIANTS, ids=["linear", "log", "relu-eps0", "relative-eps"])
-def test_optimised_paths_match_the_reference(grad_mode, norm_impl, over):
+def test_optimised_paths_match_the_reference(grad_mode, impl, over):
     # Same loss terms and the same parameter gradients (through the double backward)
     # as plain autograd everywhere, to float64 precision.
     ref_terms, ref_grads = loss_and_grads(tiny_energy_model("autograd", "autograd", **over))
-    terms, grads = loss_and_grads(tiny_energy_model(grad_mode, norm_impl, **over))
+    terms, grads = loss_and_grads(tiny_energy_model(grad_mode, impl, **over))
     for k in ref_terms:
         torch.testing.assert_close(terms[k], ref_terms[k], rtol=1e-10, atol=1e-14)
     for a, b in zip(grads, ref_grads):
@@ -213,7 +213,7 @@ def test_optimised_paths_match_the_reference(grad_mode, norm_impl, over):
 
 
 def test_fused_norm_matches_reference_for_the_score_model():
-    nets = [tiny_energy_model(norm_impl=impl).net for impl in ("autograd", "fused")]
+    nets = [tiny_energy_model(impl=impl).net for impl in ("autograd", "fused")]
     (ref_terms, ref_grads), (terms, grads) = (loss_and_grads(ScoreModel(n), "score") for n in nets)
     torch.testing.assert_close(terms["loss"], ref_terms["loss"], rtol=1e-12, atol=0)
     for a, b in zip(grads, ref_grads):

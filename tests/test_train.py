@@ -20,8 +20,7 @@ import torch
 
 from dsm import checkpoint as ckpt
 from dsm.errors import DsmError
-from dsm.train import (FitResult, ImageBatches, configure_threads, fit, lr_at, resolve_device,
-                       seed_everything)
+from dsm.train import FitResult, ImageBatches, configure_threads, fit, lr_at, resolve_device
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -164,12 +163,21 @@ def test_sigusr1_in_process_then_resume_is_exact(setup, reference, tmp_path):
         return ns["next_batch"](step, g)
 
     with pytest.raises(SystemExit) as exc:
-        fit(ns["make_model"](), next_batch, ns["CFG"], tmp_path)
+        fit(ns["make_model"](), next_batch, dict(ns["CFG"], log_every=4), tmp_path)
     assert exc.value.code == 128 + signal.SIGUSR1
     assert ckpt.latest_checkpoint(tmp_path).name == "step_00000011.pt"
-    model, result = ns["run"](tmp_path)
+    model, result = ns["run"](tmp_path, log_every=4)   # log_every is not part of the config hash
     assert result.resumed_from == 11
     assert_same_params(model.state_dict(), reference[0])
+    # the metrics records equal an uninterrupted run's (interval sums are checkpointed)
+    per_step = [json.loads(x)["loss"] for x in (reference[2] / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 8, 12, 16, 20, 24]
+    for r in records:
+        total = 0.0
+        for v in per_step[r["step"] - 4:r["step"]]:
+            total += v
+        assert r["loss"] == total / 4
 
 
 def test_finished_run_is_noop(setup, reference):
@@ -261,9 +269,15 @@ def test_image_batches_cycle_small_sets_and_are_pure(tmp_path):
     assert x0.shape == (7, 1, 2, 2)
     seen = x0[:, 0, 0, 0].tolist()
     assert sorted(seen[:3]) == [10, 11, 12] and sorted(seen[3:6]) == [10, 11, 12]  # whole epochs
-    fresh = ImageBatches(FakeStore(), idx, batch_size=7, seed=0, hflip=False, device=torch.device("cpu"))
-    assert torch.equal(fresh(5, torch.Generator()), b.__class__(FakeStore(), idx, 7, 0, False,
-                                                                 torch.device("cpu"))(5, torch.Generator()))
+    # the batch of a step depends on the step only (resume needs no sampler state)
+    def batch(step):
+        return ImageBatches(FakeStore(), idx, 7, 0, False, torch.device("cpu"))(step, torch.Generator())
+
+    later = ImageBatches(FakeStore(), idx, 7, 0, False, torch.device("cpu"))
+    for s in range(5):
+        later(s, torch.Generator())
+    assert torch.equal(later(5, torch.Generator()), batch(5))
+    assert not torch.equal(batch(5), batch(6))
 
 
 def test_hflip_flips_half(tmp_path):

@@ -81,6 +81,10 @@ def resolve(data_cfg: dict | None) -> dict:
     for key, default in defaults.items():
         _check_type(f"data.{src}.{key}", resolved[key], default)
     out[src] = resolved
+    if src == "field" and out["image_size"] is None:
+        from dsm.data.field import DEFAULT_IMAGE_SIZE
+
+        out["image_size"] = DEFAULT_IMAGE_SIZE      # resolved, so null and 16 hash alike
     return out
 
 

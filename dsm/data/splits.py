@@ -67,6 +67,7 @@ def _meta_key(cfg: dict, store_hash: str, n: int) -> str:
 def make_splits(data, split_cfg: dict | None, out, progress: bool = True) -> Path:
     """Write the A/B splits of the store ``data`` (DIR, or DIR/train) to Parquet ``out``."""
     import pyarrow as pa
+    import pyarrow.compute  # noqa: F401  (pa.compute)
     import pyarrow.parquet as pq
 
     from dsm.data.store import open_store, row_hashes
@@ -91,43 +92,46 @@ def make_splits(data, split_cfg: dict | None, out, progress: bool = True) -> Pat
             print(f"dsm split: {out} is already written with these params; not rewriting", file=sys.stderr)
             return out
 
+    # Ids and hashes stay Arrow / fixed-width numpy arrays (no Python str per image), so
+    # memory is a few tens of bytes per training image beyond the output rows.
     index = pq.read_table(store.path / "index.parquet", columns=["image_id", "content_hash"])
-    ids = index.column("image_id").to_numpy(zero_copy_only=False)
-    hashes = index.column("content_hash").to_numpy(zero_copy_only=False)
-    if len(hashes) != n:
-        raise DsmError(f"{store.path / 'index.parquet'}: {len(hashes)} rows for {n} images")
+    if index.num_rows != n:
+        raise DsmError(f"{store.path / 'index.parquet'}: {index.num_rows} rows for {n} images")
+    ids = index.column("image_id").combine_chunks()
+    hashes = _fixed_width(index.column("content_hash").combine_chunks(), store.path / "index.parquet")
+    del index
     M = max(Ns)
-    sel = np.concatenate([np.arange(M), np.arange(n - M, n)])
-    _verify_hashes(store, sel, hashes, progress, row_hashes)
+    _verify_hashes(store, [(0, M), (max(M, n - M), n)], hashes, progress, row_hashes)
     _report_source_duplicates(hashes, store.path)
 
-    rows = {k: [] for k in ("image_index", "image_id", "content_hash", "split", "N", "dup_in_other")}
+    cols = {k: [] for k in ("image_index", "split", "N", "dup_in_other")}
     for N in Ns:
         a, b = np.arange(N), np.arange(n - N, n)
         assert not np.intersect1d(a, b).size
-        common = set(hashes[a].tolist()) & set(hashes[b].tolist())
-        if common:
-            in_b = {hashes[j]: ids[j] for j in b if hashes[j] in common}
-            pairs = [(ids[i], in_b[hashes[i]]) for i in a if hashes[i] in common][:3]
-            msg = (f"split N={N}: {len(common)} distinct image content(s) occur in both A and B "
-                   f"(exact duplicates in the source){': e.g. ' + ', '.join(f'{p} = {q}' for p, q in pairs) if pairs else ''}")
+        common = np.intersect1d(hashes[a], hashes[b])
+        if common.size:
+            first_b = {h: j for j, h in zip(b.tolist(), hashes[b].tolist()) if h in set(common.tolist())}
+            pairs = [(ids[i].as_py(), ids[first_b[hashes[i]]].as_py())
+                     for i in a[np.isin(hashes[a], common)][:3]]
+            msg = (f"split N={N}: {common.size} distinct image content(s) occur in both A and B "
+                   f"(exact duplicates in the source): e.g. " + ", ".join(f"{p} = {q}" for p, q in pairs))
             if cfg["on_duplicate"] == "error":
                 raise DsmError(msg + " (split.on_duplicate: error)")
             print(f"dsm split: warning: {msg}; kept and flagged in column dup_in_other", file=sys.stderr)
         for name, idx in (("A", a), ("B", b)):
-            rows["image_index"].append(idx)
-            rows["image_id"].append(ids[idx])
-            rows["content_hash"].append(hashes[idx])
-            rows["split"].append(np.full(N, name, dtype=object))
-            rows["N"].append(np.full(N, N, dtype=np.int64))
-            rows["dup_in_other"].append(np.isin(hashes[idx], list(common)) if common else np.zeros(N, bool))
+            cols["image_index"].append(idx)
+            cols["split"].append(np.full(N, name == "B", dtype=bool))
+            cols["N"].append(np.full(N, N, dtype=np.int64))
+            cols["dup_in_other"].append(np.isin(hashes[idx], common) if common.size else np.zeros(N, bool))
+    rows = np.concatenate(cols["image_index"]).astype(np.int64)
+    is_b = pa.array(np.concatenate(cols["split"]))
     table = pa.table({
-        "image_index": pa.array(np.concatenate(rows["image_index"]).astype(np.int64)),
-        "image_id": pa.array(np.concatenate(rows["image_id"]), pa.string()),
-        "content_hash": pa.array(np.concatenate(rows["content_hash"]), pa.string()),
-        "split": pa.array(np.concatenate(rows["split"]), pa.string()),
-        "N": pa.array(np.concatenate(rows["N"])),
-        "dup_in_other": pa.array(np.concatenate(rows["dup_in_other"])),
+        "image_index": pa.array(rows),
+        "image_id": ids.take(pa.array(rows)),
+        "content_hash": pa.array(hashes[rows]).cast(pa.string()),
+        "split": pa.compute.if_else(is_b, "B", "A"),
+        "N": pa.array(np.concatenate(cols["N"])),
+        "dup_in_other": pa.array(np.concatenate(cols["dup_in_other"])),
     }).replace_schema_metadata({"dsm.split": key})
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
@@ -135,28 +139,38 @@ def make_splits(data, split_cfg: dict | None, out, progress: bool = True) -> Pat
     return out
 
 
-def _verify_hashes(store, sel, hashes, progress, row_hashes, chunk: int = 8192) -> None:
-    """Re-hash the stored bytes of images ``sel`` and compare with the index."""
+def _verify_hashes(store, ranges, hashes, progress, row_hashes, chunk: int = 8192) -> None:
+    """Re-hash the stored bytes of the images in ``ranges`` [(start, stop)] against the index."""
     from tqdm import tqdm
 
-    sel = np.unique(sel)
-    with tqdm(total=len(sel), desc="split: verify content hashes", unit="img", file=sys.stderr,
+    total = sum(b - a for a, b in ranges)
+    with tqdm(total=total, desc="split: verify content hashes", unit="img", file=sys.stderr,
               disable=not progress, mininterval=1.0, leave=False) as bar:
-        for a in range(0, len(sel), chunk):
-            idx = sel[a:a + chunk]
-            got = row_hashes(store.raw(idx))
-            bad = [int(i) for i, h in zip(idx, got) if h != hashes[i]]
-            if bad:
-                raise DsmError(f"{store.path}: image {bad[0]} does not match its content_hash in "
-                               f"index.parquet ({len(bad)} such in this chunk); the store is corrupt, re-run `dsm prepare`")
-            bar.update(len(idx))
+        for start, stop in ranges:
+            for a in range(start, stop, chunk):
+                b = min(stop, a + chunk)
+                got = row_hashes(store.read_range(a, b))
+                bad = (np.asarray([h.encode() for h in got], dtype="S64") != hashes[a:b]).nonzero()[0] + a
+                if bad.size:
+                    raise DsmError(f"{store.path}: image {bad[0]} does not match its content_hash in "
+                                   f"index.parquet ({len(bad)} such in this chunk); the store is "
+                                   f"corrupt, re-run `dsm prepare`")
+                bar.update(b - a)
 
 
-def _report_source_duplicates(hashes, where) -> int:
+def _fixed_width(col, where) -> np.ndarray:
+    """A string column of 64-character hex hashes as a zero-copy numpy 'S64' array."""
+    if len(col) == 0:
+        return np.zeros(0, "S64")
+    offs = np.frombuffer(col.buffers()[1], np.int32, count=len(col) + 1, offset=col.offset * 4)
+    if col.null_count or not (np.diff(offs) == 64).all():
+        raise DsmError(f"{where}: content_hash must be 64-character hex SHA-256 strings")
+    return np.frombuffer(col.buffers()[2], "S64", count=len(col), offset=int(offs[0]))
+
+
+def _report_source_duplicates(hashes: np.ndarray, where) -> int:
     """Warn with the number of training images that duplicate an earlier one."""
-    import pandas as pd
-
-    dup = int(pd.Series(hashes).duplicated().sum())
+    dup = len(hashes) - len(np.unique(hashes))
     if dup:
         print(f"dsm split: warning: {dup} image(s) of {where} are exact duplicates of an earlier "
               f"image (same content hash)", file=sys.stderr)

@@ -29,7 +29,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -115,6 +115,14 @@ class Store:
         if self.scale != 1.0:
             out *= np.float32(self.scale)
         return out
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        """Stored values of images start … stop-1 by a plain file read (no mapped pages
+        stay resident, unlike slicing the memmap): for streaming passes over the data."""
+        count = max(0, stop - start) * self.d
+        return np.fromfile(self.path / "pixels.npy", dtype=self.pixels.dtype, count=count,
+                           offset=self.pixels.offset + start * self.d * self.pixels.itemsize
+                           ).reshape(-1, *self.shape)
 
     def raw(self, idx) -> np.ndarray:
         """Stored values (uint8 or float32) at ``idx``, (B, C, H, W)."""
@@ -269,9 +277,3 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
-def iter_blocks(n: int, block: int) -> Iterator[tuple[int, int]]:
-    """(start, stop) of consecutive blocks covering range(n)."""
-    for i in range(0, n, block):
-        yield i, min(n, i + block)

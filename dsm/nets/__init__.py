@@ -23,8 +23,9 @@ def build_model(model_cfg: dict, channels: int, image_size: int):
       norm_eps        eps of the homogeneous norm (>= 0)    [1e-5]
       norm_eps_mode   absolute | relative (eps scaled by the input's energy,
                       exactly homogeneous)                  [absolute]
-      norm_impl       fused (hand-written double-differentiable backward of the
-                      norm statistics) | autograd (plain reference); same values  [fused]
+      impl            fused (hand-written backward of the norm statistics and a
+                      cheaper GELU second derivative) | autograd (plain reference);
+                      same values and gradients (tests/test_objectives.py)  [fused]
       grad_mode       autograd | embedding: how the energy model computes ∂_t U for
                       training (same result; see EnergyModel)  [autograd]
     image_size must be divisible by 2**len(widths) (DsmError otherwise).

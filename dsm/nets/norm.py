@@ -74,7 +74,7 @@ class HomogeneousInstanceNorm(nn.Module):
         if eps_mode not in EPS_MODES:
             raise DsmError(f"model.norm_eps_mode: unknown value {eps_mode!r} (expected one of {EPS_MODES})")
         if impl not in IMPLS:
-            raise DsmError(f"model.norm_impl: unknown value {impl!r} (expected one of {IMPLS})")
+            raise DsmError(f"model.impl: unknown value {impl!r} (expected one of {IMPLS})")
         self.impl = impl
         self.eps = float(eps)
         self.eps_mode = eps_mode

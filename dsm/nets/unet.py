@@ -16,20 +16,77 @@ homogeneous normalization (norm.py) s is exactly homogeneous of degree 1 in y.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from dsm.errors import DsmError
 from dsm.nets.embedding import NoiseEmbedding
 from dsm.nets.norm import HomogeneousInstanceNorm
 
+IMPLS = ("fused", "autograd")
+_INV_SQRT_2PI = 1.0 / math.sqrt(2 * math.pi)
+
+
+class _GeluGrad(torch.autograd.Function):
+    """(g, x) -> g * GELU'(x), the first backward of GELU, as a function of its own.
+
+    Its backward (the second derivative, needed by the energy objective's double
+    back-propagation) is written with in-place ops on temporaries: half the work of
+    autograd's generic gelu double backward. It is once_differentiable: nothing here
+    needs third derivatives.
+    """
+
+    @staticmethod
+    def forward(ctx, g, x):
+        ctx.save_for_backward(g, x)
+        return torch.ops.aten.gelu_backward(g, x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, q):
+        g, x = ctx.saved_tensors
+        dg = torch.ops.aten.gelu_backward(q, x) if ctx.needs_input_grad[0] else None
+        dx = None
+        if ctx.needs_input_grad[1]:
+            # GELU''(x) = phi(x) (2 - x²), phi the standard normal density.
+            x2 = x * x
+            dx = torch.exp(x2 * -0.5)
+            dx.mul_(x2.neg_().add_(2.0).mul_(_INV_SQRT_2PI)).mul_(q).mul_(g)
+        return dg, dx
+
+
+class _Gelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return F.gelu(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return _GeluGrad.apply(g, x)
+
+
+class FusedGELU(nn.Module):
+    """Exact (erf) GELU with a cheaper second derivative; same values as nn.GELU."""
+
+    def forward(self, x):
+        return _Gelu.apply(x)
+
+
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+FUSED_ACTIVATIONS = {"gelu": FusedGELU, "relu": nn.ReLU}
 
 
 class Layer(nn.Module):
     """conv (3x3, 2x2 down, or 2x2 up) -> norm(emb) -> activation; shapes (B, C, H, W)."""
 
     def __init__(self, c_in, c_out, kind, emb_dim, activation, norm_kw, last=False):
+        impl = norm_kw["impl"]
         super().__init__()
         if kind == "conv":
             self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
@@ -42,7 +99,7 @@ class Layer(nn.Module):
         self.last = last
         if not last:
             self.norm = HomogeneousInstanceNorm(c_out, emb_dim, **norm_kw)
-            self.act = ACTIVATIONS[activation]()
+            self.act = (FUSED_ACTIVATIONS if impl == "fused" else ACTIVATIONS)[activation]()
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv(h)
@@ -78,7 +135,7 @@ class UNet(nn.Module):
         embedding: str = "linear",
         norm_eps: float = 1e-5,
         norm_eps_mode: str = "absolute",
-        norm_impl: str = "fused",
+        impl: str = "fused",
         emb_dim: int = 256,
         n_freqs: int = 32,
     ):
@@ -90,13 +147,15 @@ class UNet(nn.Module):
             raise DsmError(f"model.layers_per_block: must be >= 2 (a down and an up conv), got {layers_per_block}")
         if activation not in ACTIVATIONS:
             raise DsmError(f"model.activation: unknown value {activation!r} (expected one of {tuple(ACTIVATIONS)})")
+        if impl not in IMPLS:
+            raise DsmError(f"model.impl: unknown value {impl!r} (expected one of {IMPLS})")
         if channels not in (1, 3):
             raise DsmError(f"data.channels: must be 1 or 3, got {channels}")
         self.channels = channels
         self.n_scales = len(widths)
         self.embed = NoiseEmbedding(embedding, n_freqs, emb_dim)
 
-        norm_kw = {"eps": norm_eps, "eps_mode": norm_eps_mode, "impl": norm_impl}
+        norm_kw = {"eps": norm_eps, "eps_mode": norm_eps_mode, "impl": impl}
 
         def layer(c_in, c_out, kind, last=False):
             return Layer(c_in, c_out, kind, emb_dim, activation, norm_kw, last)
@@ -179,5 +238,5 @@ def build_network(model_cfg: dict, channels: int, image_size: int) -> UNet:
         embedding=str(cfg.get("embedding", "linear")),
         norm_eps=float(cfg.get("norm_eps", 1e-5)),
         norm_eps_mode=str(cfg.get("norm_eps_mode", "absolute")),
-        norm_impl=str(cfg.get("norm_impl", "fused")),
+        impl=str(cfg.get("impl", "fused")),
     )

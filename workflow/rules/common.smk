@@ -11,15 +11,19 @@ from pathlib import Path
 from snakemake.utils import validate
 
 import dsm.config
+import dsm.errors
 
 PARAMS = "params.yaml"
 
-# Fills schema defaults into config; raises naming the offending key.
-validate(config, schema="../schemas/params.schema.yaml")
+# Fail at parse time, before any job starts, with the dotted key in the message
+# (schema, then the cross-key checks of dsm.config.check_params); the same checks run
+# again in every `dsm` command, so `dvc repro` fails on its first stage the same way.
 try:
-    dsm.config.check_params(config, PARAMS)
+    dsm.config.validate_params(config, PARAMS)
 except dsm.errors.DsmError as e:
-    raise WorkflowError(str(e)) from None
+    raise WorkflowError(f"invalid parameters: {e}") from None
+# Fill the schema's defaults into config (so rule params see the resolved values).
+validate(config, schema="../schemas/params.schema.yaml")
 
 SCALES = config["scales"]
 if "scale" in config:
