@@ -122,6 +122,7 @@ def main(argv=None):
     times = {k: [] for k in variants}
     cpu_times = {k: [] for k in variants}
     losses = {k: None for k in variants}
+    first_losses = {}
     saved = {}
     peak_cuda = {}
     for step in range(args.warmup + args.steps):
@@ -144,23 +145,26 @@ def main(argv=None):
                 times[name].append(dt)
                 cpu_times[name].append(dc)
             losses[name] = terms["loss"].item()
+            if step == 0:
+                first_losses[name] = losses[name]
             saved[name] = counter.total
             if device.type == "cuda":
                 peak_cuda[name] = torch.cuda.max_memory_allocated(device)
 
     # Evaluation throughput: one-shot energy vs a bare network forward, no gradient.
-    model = variants[next(iter(variants))][0]
+    model = next(m for k, (m, _) in variants.items() if k.startswith("energy"))
     x, t, _ = draw()
     evals = {}
     for name, fn in (("energy (one-shot)", lambda: model.energy(x, t)), ("bare forward", lambda: model.net(x, t))):
         with torch.inference_mode():
             fn()
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_clock()
             for _ in range(args.eval_batches):
                 fn()
             sync(device)
-        evals[name] = args.eval_batches * args.batch / (time.perf_counter() - t0)
+        n = args.eval_batches * args.batch
+        evals[name] = (n / (time.perf_counter() - t0), n / (cpu_clock() - c0))
 
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}), "
           f"threads {torch.get_num_threads()}, torch {torch.__version__}, flush_denormal {args.flush_denormal}")
@@ -179,9 +183,18 @@ def main(argv=None):
         mem = f", peak alloc {peak_cuda[name] / 2**20:.1f} MiB" if name in peak_cuda else ""
         print(f"  {name:26s} {clock}  ratio {ratios:12s} graph saves {saved[name] / 2**20:6.1f} MiB{mem}"
               f"  last loss {losses[name]:.4f}")
-    print(f"  (ratios against: {', '.join(scores)})")
-    for name, ips in evals.items():
-        print(f"evaluation {name:18s} {ips:10.0f} images/s")
+    print(f"  (ratios against: {', '.join(scores)}; {'CPU time' if use_cpu else 'wall time'})")
+    for name in variants:  # headline: each energy variant against the score model of the same impl
+        impl = name.split("/")[-1]
+        if name.startswith("energy") and f"score {impl}" in med:
+            print(f"ratio {name} / score {impl}: {med[name] / med[f'score {impl}']:.2f}")
+    energy_first = [v for k, v in first_losses.items() if k.startswith("energy")]
+    spread = (max(energy_first) - min(energy_first)) / abs(energy_first[0])
+    print(f"first-step loss of the energy variants: {energy_first[0]:.6f}, relative spread {spread:.1e}"
+          f"{'' if spread < 1e-4 else '  <-- VARIANTS DISAGREE'}")
+    for name, (ips, ips_cpu) in evals.items():
+        cpu = f" ({ips_cpu:.0f} per CPU-second)" if use_cpu else ""
+        print(f"evaluation {name:18s} {ips:10.0f} images/s{cpu}")
     if device.type == "cpu":
         print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 

@@ -18,12 +18,14 @@
 #   DSM_SLURM_PARTITION  partition name                    default debug
 #   DSM_SLURM_ACCOUNT    account created for the caller    default dsm
 #   DSM_SLURM_TIMEOUT    seconds to wait for each daemon   default 60
+#   DSM_SLURM_GPUS       fake GPUs on the node             default 1
 set -euo pipefail
 
 STATE=${DSM_SLURM_STATE:-/var/lib/dsm-slurm-localhost}
 PARTITION=${DSM_SLURM_PARTITION:-debug}
 ACCOUNT=${DSM_SLURM_ACCOUNT:-dsm}
 WAIT=${DSM_SLURM_TIMEOUT:-60}
+GPUS=${DSM_SLURM_GPUS:-1}
 CLUSTER=localcluster
 DB_PASS=dsm-slurm-localhost
 PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
@@ -116,14 +118,17 @@ MinJobAge=600
 KillWait=30
 ReturnToService=2
 SchedulerParameters=batch_sched_delay=0
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb Gres=gpu:1 State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb Gres=gpu:$GPUS State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
-    # One fake GPU: schedulable and accounted, no device behind it.
-    cat >/etc/slurm/gres.conf <<EOF
-AutoDetect=off
-NodeName=$host Name=gpu File=/dev/null
-EOF
+    # Fake GPUs: schedulable and accounted (jobs see CUDA_VISIBLE_DEVICES), but the
+    # "device files" are harmless character devices, not GPUs.
+    local fake=(/dev/null /dev/zero /dev/full /dev/urandom) k
+    [[ $GPUS =~ ^[1-4]$ ]] || die "DSM_SLURM_GPUS: expected 1 to 4, got '$GPUS'"
+    {
+        echo "AutoDetect=off"
+        for ((k = 0; k < GPUS; k++)); do echo "NodeName=$host Name=gpu File=${fake[k]}"; done
+    } >/etc/slurm/gres.conf
     cat >/etc/slurm/slurmdbd.conf <<EOF
 AuthType=auth/munge
 DbdHost=localhost
@@ -249,7 +254,9 @@ start_slurm_daemon() {  # name binary pidfile log readiness-command...
 
 cmd_start() {
     need_root
-    have_packages && [[ -s /etc/slurm/slurm.conf ]] || cmd_install
+    install_packages
+    # (Re)write the configs unless our cluster is already up (then `start` is a no-op).
+    our_pid slurmctld >/dev/null || write_configs
     mkdir -p "$STATE" /run/slurm
     chown slurm: /run/slurm
     start_munged

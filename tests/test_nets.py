@@ -156,6 +156,12 @@ def test_energy_works_under_inference_mode_and_score_under_no_grad():
     with torch.no_grad():
         g = model.score(y, t)
     assert g.shape == y.shape
+    with torch.inference_mode():  # e.g. an evaluator that wraps everything in it
+        yi, ti = y.clone(), t.clone()
+        g2, gt2, xh = model.score(yi, ti), model.time_score(yi, ti), model.denoise(yi, ti)
+    torch.testing.assert_close(g2, g)
+    torch.testing.assert_close(gt2, model.time_score(y, t))
+    torch.testing.assert_close(xh, model.denoise(y, t))
 
 
 def test_score_model_denoiser():

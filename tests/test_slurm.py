@@ -140,17 +140,29 @@ def slurm_cluster():
     if not (VENV_BIN / "dsm").exists():
         pytest.fail(f"{VENV_BIN}/dsm missing: the jobs need the dsm command (make venv)")
     already = subprocess.run([str(SCRIPT), "status"], capture_output=True, text=True, timeout=30)
+    ours = already.returncode != 0
+
+    def stop():
+        if ours:  # we started it: stop every daemon it started, by PID, in reverse order
+            subprocess.run([str(SCRIPT), "stop"], capture_output=True, text=True, timeout=180)
+
     t0 = time.monotonic()
-    started = _sh(str(SCRIPT), "start", timeout=900, check=False)
+    # Two fake GPUs, so that two training jobs run at once on a 2-core node.
+    env = dict(os.environ, DSM_SLURM_GPUS=os.environ.get("DSM_SLURM_GPUS", "2"))
+    try:
+        started = _sh(str(SCRIPT), "start", timeout=900, check=False, env=env)
+    except subprocess.TimeoutExpired:
+        stop()
+        pytest.fail("scripts/slurm-localhost.sh start: no cluster after 900 s")
     if started.returncode != 0:
+        stop()
         pytest.fail(f"scripts/slurm-localhost.sh start failed ({started.returncode}):\n"
                     f"{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
     print(f"SLURM up in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     try:
         yield {"partition": PARTITION, "account": ACCOUNT}
     finally:
-        if already.returncode != 0:  # we started it: stop every daemon, by PID
-            subprocess.run([str(SCRIPT), "stop"], capture_output=True, text=True, timeout=180)
+        stop()
 
 
 def _copy_tree(dest: Path) -> Path:
@@ -226,8 +238,8 @@ def _snakemake_cmd(profile: Path, targets: list[str], limit: int) -> list[str]:
 def test_smoke_pipeline_runs_through_slurm(slurm_repo):
     repo, profile = slurm_repo
     t0 = time.monotonic()
-    proc = subprocess.run(_snakemake_cmd(profile, ["figures/fig2.pdf"], 900), cwd=repo, env=_env(),
-                          capture_output=True, text=True, timeout=960)
+    proc = subprocess.run(_snakemake_cmd(profile, ["figures/fig2.pdf"], 600), cwd=repo, env=_env(),
+                          capture_output=True, text=True, timeout=660)
     log = proc.stdout + proc.stderr
     (repo / "snakemake-slurm.log").write_text(log)
     print(f"smoke pipeline through SLURM: {time.monotonic() - t0:.1f}s", file=sys.stderr)
@@ -279,7 +291,7 @@ def test_training_job_resumes_after_sigterm(slurm_repo):
     import torch
 
     repo, profile = slurm_repo
-    steps, every = 300, 10
+    steps, every = 200, 10
     _edit_smoke_train(repo, steps=steps, checkpoint_every=every, log_every=every)
     n, split = 10, "A"
     run_dir = repo / f"models/smoke/N{n}-{split}"
@@ -291,14 +303,14 @@ def test_training_job_resumes_after_sigterm(slurm_repo):
     t0 = time.monotonic()
     log_path = repo / "snakemake-preempt.log"
     with open(log_path, "w") as log_file:
-        sm = subprocess.Popen(_snakemake_cmd(profile, [target], 600), cwd=repo, env=_env(),
+        sm = subprocess.Popen(_snakemake_cmd(profile, [target], 420), cwd=repo, env=_env(),
                               stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             # The data (prepare, split) may have to be made first; then wait for the training
             # job to run and to have written a checkpoint.
             latest = run_dir / "checkpoints" / "latest"
             job = None
-            deadline = time.monotonic() + 420
+            deadline = time.monotonic() + 300
             while time.monotonic() < deadline and sm.poll() is None:
                 if latest.exists():
                     q = _sh("squeue", "-h", "-t", "RUNNING", "-o", "%i|%k", timeout=30).stdout
@@ -321,7 +333,7 @@ def test_training_job_resumes_after_sigterm(slurm_repo):
                  "--N", str(n), "--split", split, "--out", str(ref_dir)],
                 cwd=repo, env=ref_env, capture_output=True, text=True, timeout=480)
             assert ref.returncode == 0, ref.stderr[-3000:]
-            rc = sm.wait(timeout=600)
+            rc = sm.wait(timeout=480)
         finally:
             if sm.poll() is None:
                 os.killpg(sm.pid, signal.SIGINT)

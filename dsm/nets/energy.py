@@ -77,24 +77,29 @@ class EnergyModel(nn.Module):
         return u, gy, gt
 
     def score(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """∇_y U (B, ...), in 1/units of y (not equal to s(y, t) unless J_s is symmetric)."""
-        with torch.enable_grad():
-            y = y.detach().requires_grad_(True)
-            u = self.energy(y, t.detach())
+        """∇_y U (B, ...), in 1/units of y (not equal to s(y, t) unless J_s is symmetric).
+
+        Works under torch.no_grad and torch.inference_mode (autograd is re-enabled here
+        on copies of the inputs); the result is detached.
+        """
+        with torch.inference_mode(False), torch.enable_grad():
+            y = y.detach().clone().requires_grad_(True)
+            u = self.energy(y, t.detach().clone())
             (gy,) = torch.autograd.grad(u.sum(), y)
         return gy
 
     def time_score(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """∂_t U (B,), nats per unit of variance."""
-        with torch.enable_grad():
-            t = t.detach().to(y.dtype).requires_grad_(True)
-            u = self.energy(y.detach(), t)
+        """∂_t U (B,), nats per unit of variance; detached, like score."""
+        with torch.inference_mode(False), torch.enable_grad():
+            t = t.detach().to(y.dtype).clone().requires_grad_(True)
+            u = self.energy(y.detach().clone(), t)
             (gt,) = torch.autograd.grad(u.sum(), t)
         return gt
 
     def denoise(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x̂ = y - t ∇_y U (Miyasawa–Tweedie), (B, ...)."""
-        return y.detach() - _per_sample(t, y) * self.score(y, t)
+        """x̂ = y - t ∇_y U (Miyasawa–Tweedie), (B, ...), detached."""
+        g = self.score(y, t)
+        return y.detach() - _per_sample(t, y) * g
 
 
 class ScoreModel(nn.Module):

@@ -81,25 +81,30 @@ class HomogeneousInstanceNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(channels))
         self.gain = nn.Linear(emb_dim, channels)
 
-    def scale(self, h: torch.Tensor, emb: torch.Tensor):
-        """Centered features (B, C, H, W) and the per-(b, c) multiplier (B, C, 1, 1)."""
+    def gains(self, emb: torch.Tensor) -> torch.Tensor:
+        """(B, emb_dim) -> (B, C, 1, 1) multiplicative gains gamma_c (1 + e_c(t))."""
+        return (self.gamma * (1 + self.gain(emb)))[:, :, None, None]
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor | None = None,
+                gains: torch.Tensor | None = None) -> torch.Tensor:
+        """h (B, C, H, W) and either emb (B, emb_dim) or precomputed gains (B, C, 1, 1)."""
+        if gains is None:
+            gains = self.gains(emb)
         if self.impl == "fused":
             centered, var = _CenterVar.apply(h)
         else:  # reference: plain autograd through the statistics
             var, mean = torch.var_mean(h, dim=(2, 3), keepdim=True, correction=0)
             centered = h - mean
-        vbar = var.mean(dim=1, keepdim=True)
         tiny = torch.finfo(h.dtype).tiny
+        # eps = 0 is allowed for homogeneity tests; the floor only matters for a channel
+        # that is exactly constant, where it makes 0/0 -> 0 instead of NaN.
         if self.eps_mode == "relative":
-            denom = var + self.eps * vbar + tiny
+            a, kappa = self.eps, tiny
         else:
-            # eps = 0 is allowed for homogeneity tests; the floor only matters for a
-            # channel that is exactly constant, where it makes 0/0 -> 0 instead of NaN.
-            denom = var + (self.eps if self.eps > 0 else tiny)
-        ratio = vbar / denom + self.eps
-        gains = self.gamma * (1 + self.gain(emb))  # (B, C)
-        return centered, torch.sqrt(ratio) * gains[:, :, None, None]
-
-    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        centered, mult = self.scale(h, emb)
+            a, kappa = 0.0, (self.eps if self.eps > 0 else tiny)
+        # Few small ops on purpose: each one becomes several in the double backward (a
+        # hand-written double-differentiable Function for this chain was tried: its
+        # Python overhead cost more than the ops it saved, docs/benchmarks.md).
+        vbar = var.mean(dim=1, keepdim=True)
+        mult = torch.sqrt(vbar / (var + a * vbar + kappa) + self.eps) * gains
         return centered * mult

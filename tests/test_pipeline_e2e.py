@@ -1,0 +1,144 @@
+"""The smoke scale end to end, with Snakemake and with DVC, and the Snakemake <-> DVC
+round trip: run with Snakemake, adopt into dvc.lock (`dsm sync dvc`), push to a local
+remote, git clone, dvc pull, re-sync Snakemake (`dsm sync snakemake`), and Snakemake
+plans no training job. Each test works in its own copy of the working tree.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+from test_pipeline_util import (copy_repo, dvc, edit_param, git_commit, load_params,
+                                planned_jobs, run, snakemake, tool)
+
+pytestmark = pytest.mark.slow
+
+SCALE = "smoke"
+
+
+def outputs_of(repo):
+    """Every pipeline output present in ``repo`` (files; directories as themselves)."""
+    found = set()
+    for top in ("data", "models", "results", "figures"):
+        for p in (repo / top).rglob("*") if (repo / top).exists() else []:
+            rel = str(p.relative_to(repo))
+            if p.name == ".gitignore" or "/checkpoints" in rel or "/fig1/ssm" in rel or "/fig1/dsm" in rel:
+                continue
+            if rel.startswith(f"data/{SCALE}/images/"):
+                continue
+            if p.is_file() or rel == f"data/{SCALE}/images":
+                found.add(rel)
+    return found
+
+
+def check_results(repo):
+    ns = load_params(repo)["scales"][SCALE]["split"]["N"]
+    pdf = repo / "figures/fig2.pdf"
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    metrics = json.loads((repo / f"results/{SCALE}/fig2_metrics.json").read_text())
+    assert sorted(int(n) for n in metrics["by_N"]) == sorted(ns)
+    for n in ns:
+        m = metrics["by_N"][str(n)]
+        assert m["n_images"] == 2 * min(n, load_params(repo)["scales"][SCALE]["evaluate"]["max_per_set"])
+        assert m["rms_db"] >= 0 and "exact_rms_err_db" in m  # field: exact log p known
+    table = pd.read_parquet(repo / f"results/{SCALE}/logp/N{ns[-1]}-A.parquet")
+    assert set(table["image_set"]) == {"A", "B", "test"}
+    for col in ("image_id", "dataset", "N", "model_split", "t", "energy_nats", "logp_db_per_dim",
+                "nll_bits_per_dim", "norm_const_nats", "checkpoint_sha256", "params_sha256",
+                "code_version", "exact_logp_db_per_dim"):
+        assert col in table.columns, col
+
+
+@pytest.fixture(scope="module")
+def snakemake_run(tmp_path_factory):
+    """A git repo at the smoke scale where `snakemake all` ran."""
+    repo = copy_repo(tmp_path_factory.mktemp("smk") / "repo", scale=SCALE, git=True)
+    snakemake(["all", "--cores", "2"], repo, timeout=900)
+    return repo
+
+
+def test_snakemake_end_to_end(snakemake_run):
+    check_results(snakemake_run)
+    assert (snakemake_run / "figures/fig1.pdf").read_bytes()[:5] == b"%PDF-"
+    logs = list((snakemake_run / "logs").rglob("*.log"))
+    assert len(logs) >= 10
+    assert list((snakemake_run / f"benchmarks/{SCALE}/train").glob("*.tsv"))
+
+
+def test_snakemake_second_run_does_nothing(snakemake_run):
+    assert planned_jobs(snakemake(["all", "--dry-run"], snakemake_run)) == {}
+
+
+def test_no_output_is_visible_to_git(snakemake_run):
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"],
+                            cwd=snakemake_run, capture_output=True, text=True, check=True).stdout
+    leaked = [line for line in status.splitlines()
+              if any(part in line for part in ("data/", "models/", "results/", "figures/", "logs/", "benchmarks/"))]
+    assert not leaked, leaked
+
+
+@pytest.fixture(scope="module")
+def adopted(snakemake_run):
+    """`dsm sync dvc` after the Snakemake run: the run recorded in dvc.lock."""
+    run([tool("dsm"), "sync", "dvc"], snakemake_run)
+    return snakemake_run
+
+
+def test_sync_dvc_adopts_the_run(adopted):
+    status = json.loads(dvc(["status", "--json"], adopted).stdout or "{}")
+    assert status == {}
+    res = dvc(["repro"], adopted)
+    assert "Running stage" not in res.stdout, res.stdout
+    lock = (adopted / "dvc.lock").read_text()
+    assert "train@1-A" in lock and "run.train" in lock
+
+
+def test_round_trip_push_clone_pull_resync(adopted, tmp_path):
+    remote = tmp_path / "remote"
+    dvc(["remote", "add", "--force", "--default", "local", str(remote)], adopted)
+    dvc(["push"], adopted)
+    git_commit(adopted, "pipeline run (dvc.lock)")
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=adopted, capture_output=True,
+                            text=True, check=True).stdout
+    assert status == "", status
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(adopted), str(clone)], check=True)
+    dvc(["pull"], clone)
+    assert json.loads(dvc(["status", "--json"], clone).stdout or "{}") == {}
+    from dsm.sync import dvc_stages
+
+    declared = {o for outs in dvc_stages(clone).values() for o in outs}
+    assert declared and all((clone / o).exists() for o in declared)
+    # the measured fact: without the re-sync, Snakemake would retrain
+    before = planned_jobs(snakemake(["figures/fig2.pdf", "--dry-run"], clone))
+    assert before.get("train", 0) > 0
+
+    run([tool("dsm"), "sync", "snakemake"], clone)
+    assert planned_jobs(snakemake(["figures/fig2.pdf", "--dry-run"], clone)) == {}
+    assert planned_jobs(snakemake(["all", "--dry-run"], clone)) == {}
+    # and parameter changes are detected again after the re-sync
+    edit_param(clone, SCALE, "train", "lr", "0.0123")
+    jobs = planned_jobs(snakemake(["all", "--dry-run"], clone))
+    n_models = 2 * len(load_params(clone)["scales"][SCALE]["split"]["N"])
+    assert jobs["train"] == n_models and "prepare" not in jobs and "split" not in jobs
+
+
+def test_dvc_repro_end_to_end(tmp_path, snakemake_run):
+    """`dvc repro` alone runs the whole pipeline; same outputs as Snakemake; then a no-op;
+    then `dsm sync snakemake` makes Snakemake agree in the same working copy."""
+    repo = copy_repo(tmp_path / "repo", scale=SCALE, git=True)
+    dvc(["repro"], repo, timeout=900)
+    check_results(repo)
+    assert outputs_of(repo) == outputs_of(snakemake_run)
+    assert json.loads(dvc(["status", "--json"], repo).stdout or "{}") == {}
+    res = dvc(["repro"], repo)
+    assert "Running stage" not in res.stdout, res.stdout
+    run([tool("dsm"), "sync", "snakemake"], repo)
+    assert planned_jobs(snakemake(["all", "--dry-run"], repo)) == {}
+    shutil.rmtree(repo / ".dvc" / "cache", ignore_errors=True)
