@@ -187,19 +187,16 @@ def _add_sync(sub):
                                    "mark the outputs up to date for Snakemake (snakemake --touch --forceall).")
     p.add_argument("tool", choices=["dvc", "snakemake"], help="the tool to bring up to date")
     p.add_argument("--root", default=".", help="repository root (default: .)")
-    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="passed to snakemake --config")
     p.set_defaults(func=_run_sync)
 
 
 def _run_sync(args):
     from dsm import sync
 
-    extra = ["--config", *args.config] if args.config else []
     if args.tool == "dvc":
-        sync.sync_dvc(args.root, extra=extra)
+        sync.sync_dvc(args.root)
     else:
-        sync.sync_snakemake(args.root, extra=extra)
+        sync.sync_snakemake(args.root)
 
 
 BUILDERS += [_add_compare, _add_fig2, _add_sync]

@@ -82,6 +82,13 @@ def test_no_output_is_visible_to_git(snakemake_run):
     assert not leaked, leaked
 
 
+def test_sync_refuses_without_a_run(tmp_path):
+    repo = copy_repo(tmp_path / "repo", scale=SCALE, git=True)
+    for tool_name in ("dvc", "snakemake"):
+        res = run([tool("dsm"), "sync", tool_name], repo, check=False)
+        assert res.returncode == 2 and "outputs" in res.stderr, res.stderr
+
+
 @pytest.fixture(scope="module")
 def adopted(snakemake_run):
     """`dsm sync dvc` after the Snakemake run: the run recorded in dvc.lock."""

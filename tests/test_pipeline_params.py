@@ -33,9 +33,17 @@ def test_shipped_params_are_valid_and_complete():
 
 def test_merge_keys_resolve_the_same_for_dvc():
     """DVC reads params.yaml with its own YAML loader: aliases and merge keys must agree."""
+    import yte
     from dvc.utils.serialize import load_yaml
 
-    assert load_yaml(REPO / "params.yaml") == load_params(REPO)
+    ours = load_params(REPO)
+    assert load_yaml(REPO / "params.yaml") == ours
+    with open(REPO / "params.yaml") as f:  # Snakemake's config loader
+        smk = yte.process_yaml(f, require_use_yte=True)
+    assert smk == ours and smk["run"] is smk["scales"][smk["run"]["name"]]
+    # merge keys: default inherits smoke's resources, paper default's fig1
+    assert ours["scales"]["default"]["resources"] == ours["scales"]["smoke"]["resources"]
+    assert ours["scales"]["paper"]["fig1"] == ours["scales"]["default"]["fig1"]
 
 
 # (section, key, bad value, words the error must contain)

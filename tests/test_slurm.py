@@ -17,6 +17,7 @@ apt-get (or an installed SLURM) are there, and say why when they skip.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -358,8 +359,18 @@ def test_training_job_resumes_after_sigterm(slurm_repo):
     train_log = (repo / f"logs/smoke/train/N{n}-{split}.log").read_text()
     m = re.search(r"resuming from \S+ \(step (\d+)/(\d+)\)", train_log)
     assert m, f"the retry did not resume:\n{train_log[-3000:]}"
-    assert 0 < int(m.group(1)) < steps, m.group(0)
-    import json
+    resumed = int(m.group(1))
+    assert 0 < resumed < steps, m.group(0)
+    # ... and from the checkpoint written on SIGTERM, not only from the periodic one seen before.
+    mp = re.search(r"step_(\d+)", signalled_at)
+    periodic = int(mp.group(1)) if mp else 0
+    assert resumed > periodic, (m.group(0), signalled_at)
+    # Diagnostic: did the shell around `dsm train` survive the signal? (`exec dsm train` in
+    # the rule keeps the trainer the direct child of Snakemake, which waits for it.)
+    failed_log = "\n".join(p.read_text() for p in (repo / "logs/slurm/rule_train").rglob(f"{job}.log"))
+    how = "shell died of SIGTERM" if "died with <Signals.SIGTERM" in failed_log else "clean non-zero exit"
+    print(f"interrupted attempt: {how}; resumed from step {resumed} "
+          f"(periodic checkpoint before the signal: {periodic})", file=sys.stderr)
     logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
               if line.strip()]
     assert logged == sorted(set(logged)) and logged[-1] == steps, logged

@@ -57,7 +57,7 @@ def pair_tables(table_a: pd.DataFrame, table_b: pd.DataFrame, sets=SPLITS) -> pd
     a = table_a.loc[table_a[SET].isin(sets), cols].rename(columns={LOGP: "logp_a", EXACT: "exact"})
     b = table_b.loc[table_b[SET].isin(sets), [ID, SET, LOGP]].rename(columns={LOGP: "logp_b"})
     pairs = a.merge(b, on=[ID, SET], how="inner", validate="one_to_one")
-    if len(pairs) < min(len(a), len(b)):
+    if not len(pairs) == len(a) == len(b):
         raise DsmError("the A and B tables do not score the same images "
                        f"({len(a)} and {len(b)} rows, {len(pairs)} in common)")
     return pairs.reset_index(drop=True)

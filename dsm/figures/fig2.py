@@ -111,7 +111,7 @@ def plot_fig2(pairs: dict, metrics: dict, p: dict, path, title: str | None = Non
         fig.suptitle(title, fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.pdf")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
         fig.savefig(tmp)
         tmp.replace(path)  # atomic: a killed job leaves no fig2.pdf

@@ -50,31 +50,33 @@ class EnergyModel(nn.Module):
     def energy_and_scores(self, y: torch.Tensor, t: torch.Tensor, create_graph: bool = False):
         """(U (B,), ∇_y U (B, ...), ∂_t U (B,)).
 
-        With create_graph=True (training) the partials stay differentiable w.r.t. the
-        parameters (double back-propagation); y and t are used as given if they already
-        require grad, else detached copies are differentiated.
+        With create_graph=True (training) all three stay differentiable w.r.t. the
+        parameters (double back-propagation); otherwise all three are detached. y and t
+        are used as given if they already require grad, else detached copies are
+        differentiated.
         """
         with torch.enable_grad():
             y = y if y.requires_grad else y.detach().requires_grad_(True)
-            if self.grad_mode == "embedding" and hasattr(self.net, "forward_emb"):
+            if self.grad_mode == "embedding" and hasattr(self.net, "forward_emb") and hasattr(self.net, "embed"):
                 return self._via_embedding(y, t, create_graph)
             t = t if t.requires_grad else t.detach().requires_grad_(True)
             u = self.energy(y, t)
             gy, gt = torch.autograd.grad(u.sum(), (y, t), create_graph=create_graph)
-            return u, gy, gt
+            return (u, gy, gt) if create_graph else (u.detach(), gy, gt)
 
     def _via_embedding(self, y, t, create_graph):
+        self.net.check_input(y)  # forward_emb skips the checks of net.forward
         t = t.detach().to(y.dtype)
         # emb and d emb/dt from one forward-mode pass through the small MLP.
         emb, demb = self.net.embed.forward_with_tangent(t)
         if not create_graph:
-            emb = emb.detach()
+            emb, demb = emb.detach(), demb.detach()
         emb_leaf = emb if emb.requires_grad else emb.detach().requires_grad_(True)
         s = self.net.forward_emb(y, emb_leaf)
         u = 0.5 * (y * s).flatten(1).sum(1)
         gy, gemb = torch.autograd.grad(u.sum(), (y, emb_leaf), create_graph=create_graph)
         gt = (gemb * demb).sum(1)
-        return u, gy, gt
+        return (u, gy, gt) if create_graph else (u.detach(), gy, gt)
 
     def score(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """∇_y U (B, ...), in 1/units of y (not equal to s(y, t) unless J_s is symmetric).

@@ -1,0 +1,123 @@
+"""dsm.analysis.generalization (Figure 2 metrics) and dsm.figures.fig2 on synthetic tables."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dsm.analysis import generalization as gen
+from dsm.errors import DsmError
+from dsm.figures import fig2
+
+
+def make_table(n, split, logp, exact=None, n_test=0, test_logp=None):
+    """A per-image table of model N{n}-{split}: rows for the A images, the B images, test."""
+    rows = []
+    for s in ("A", "B"):
+        for i in range(n):
+            rows.append({"image_id": f"{s}{i}", "image_set": s, "dataset": "field", "N": n,
+                         "model_split": split, "t": 0.0,
+                         "logp_db_per_dim": logp(s, i),
+                         "exact_logp_db_per_dim": exact(s, i) if exact else np.nan})
+    for i in range(n_test):
+        rows.append({"image_id": f"T{i}", "image_set": "test", "dataset": "field", "N": n,
+                     "model_split": split, "t": 0.0, "logp_db_per_dim": test_logp(i),
+                     "exact_logp_db_per_dim": exact("test", i) if exact else np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_agreement_known_values():
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    m = gen.agreement(x, x + 0.5)
+    assert m["n_images"] == 4 and m["mean_db"] == pytest.approx(-0.5)
+    assert m["rms_db"] == pytest.approx(0.5) and m["pearson_r"] == pytest.approx(1.0)
+    m = gen.agreement(x, -x)
+    assert m["pearson_r"] == pytest.approx(-1.0)
+    assert m["rms_db"] == pytest.approx(math.sqrt(np.mean((2 * x) ** 2)))
+    assert gen.agreement(x[:2], x[:2])["pearson_r"] is None  # undefined below 3 images
+
+
+def test_pairs_join_on_image_and_keep_own_sets():
+    a = make_table(3, "A", lambda s, i: 10.0 + i, n_test=2, test_logp=lambda i: 0.0)
+    b = make_table(3, "B", lambda s, i: 20.0 + i, n_test=2, test_logp=lambda i: 1.0)
+    pairs = gen.pair_tables(a, b)
+    assert len(pairs) == 6 and set(pairs["image_set"]) == {"A", "B"}
+    assert (pairs["logp_b"] - pairs["logp_a"] == 10.0).all()
+    with pytest.raises(DsmError, match="same images"):
+        gen.pair_tables(a, b[b["image_id"] != "A0"])
+
+
+def test_metrics_for_n_and_exact_errors():
+    # model A is exact on its own images and +3 dB/dim too high on B's; model B the reverse
+    exact = lambda s, i: float(i)  # noqa: E731
+    a = make_table(5, "A", lambda s, i: i + (0.0 if s == "A" else 3.0), exact, 4, lambda i: i + 1.0)
+    b = make_table(5, "B", lambda s, i: i + (0.0 if s == "B" else 3.0), exact, 4, lambda i: i - 1.0)
+    m = gen.metrics_for_n(a, b)
+    assert m["n_images"] == 10
+    assert m["rms_db"] == pytest.approx(3.0) and m["mean_db"] == pytest.approx(0.0)
+    assert m["exact_mean_err_db"] == pytest.approx(0.0) and m["exact_rms_err_db"] == pytest.approx(0.0)
+    assert m["test_n_images"] == 4 and m["test_mean_db"] == pytest.approx(2.0)
+    assert m["test_exact_mean_err_db"] == pytest.approx(0.0)
+    assert m["test_exact_rms_err_db"] == pytest.approx(1.0)
+
+
+def test_no_exact_columns_without_exact_density():
+    a = make_table(4, "A", lambda s, i: float(i))
+    b = make_table(4, "B", lambda s, i: float(i) + 1)
+    m = gen.metrics_for_n(a, b)
+    assert not any(k.startswith("exact") for k in m)
+
+
+def write_tables(tmp_path, ns, noise):
+    rng = np.random.default_rng(0)
+    for n in ns:
+        base = {f"{s}{i}": rng.normal(10, 3) for s in "AB" for i in range(n)}
+        base.update({f"T{i}": rng.normal(10, 3) for i in range(5)})
+        for split in "AB":
+            sd = noise(n)
+            t = make_table(n, split, lambda s, i: base[f"{s}{i}"] + rng.normal(0, sd) + (8.0 if s == split and n < 10 else 0.0),
+                           lambda s, i: base.get(f"{s}{i}", 10.0), 5, lambda i: base[f"T{i}"] + rng.normal(0, sd))
+            t.to_parquet(gen.table_path(tmp_path, n, split))
+
+
+def test_compare_from_params_writes_json_and_csv(tmp_path):
+    ns = [1, 10, 100]
+    write_tables(tmp_path, ns, lambda n: 1.0 / n)
+    cfg = {"name": "unit", "split": {"N": ns}}
+    out, csv = tmp_path / "m.json", tmp_path / "m.csv"
+    metrics = gen.compare_from_params(cfg, tmp_path, out, csv)
+    data = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert data["by_N"].keys() == metrics["by_N"].keys()
+    assert data["dataset"] == "field" and data["scale"] == "unit"
+    assert data["by_N"]["1"]["pearson_r"] is None
+    assert data["by_N"]["1"]["rms_db"] > 5 and data["by_N"]["100"]["rms_db"] < 0.1
+    assert data["by_N"]["100"]["pearson_r"] > 0.99
+    table = pd.read_csv(csv)
+    assert list(table["N"]) == ns and "rms_db" in table
+
+
+def test_compare_missing_table_names_the_file(tmp_path):
+    with pytest.raises(DsmError, match="N7-A.parquet"):
+        gen.compare(tmp_path, [7])
+
+
+def test_fig2_pdf(tmp_path):
+    ns = [1, 10, 100]
+    write_tables(tmp_path, ns, lambda n: 1.0 / n)
+    cfg = {"name": "unit", "split": {"N": ns}, "figures": {"fig2": {"max_points": 50, "lim": None}}}
+    gen.compare_from_params(cfg, tmp_path, tmp_path / "m.json")
+    out = tmp_path / "fig" / "fig2.pdf"
+    fig2.fig2_from_params(cfg, tmp_path, tmp_path / "m.json", out)
+    assert out.read_bytes()[:5] == b"%PDF-"
+    assert not list(out.parent.glob(".*tmp*"))
+    pairs = fig2.load_pairs(tmp_path, [100], 50)
+    assert (pairs[100]["image_set"].value_counts() == 50).all()  # at most max_points per set
+
+
+def test_fig2_rejects_unknown_keys(tmp_path):
+    with pytest.raises(DsmError, match=r"figures\.fig2\.colour"):
+        fig2.fig2_params({"figures": {"fig2": {"colour": "red"}}})
