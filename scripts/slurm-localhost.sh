@@ -332,7 +332,7 @@ cmd_status() {
         if pid=$(our_pid "$name"); then echo "$name: running (pid $pid)"; else
             echo "$name: not running (or not started by this script)"; rc=3; fi
     done
-    timeout 10 sinfo 2>/dev/null || { echo "sinfo: no answer"; rc=3; }
+    timeout 5 sinfo 2>/dev/null || { echo "sinfo: no answer"; rc=3; }
     return $rc
 }
 

@@ -86,7 +86,7 @@ def test_figure_param_change_reruns_only_the_figure(finished_default, tmp_path):
 
 def test_evaluation_param_change_keeps_the_models(finished_default, tmp_path):
     jobs = _rerun_plan(finished_default, "evaluate", "max_per_set", "500", tmp_path)
-    assert "train" not in jobs and jobs["evaluate"] == 12
+    assert "train" not in jobs and "normalize" not in jobs and jobs["evaluate"] == 12
 
 
 def test_other_scale_param_change_reruns_nothing(finished_default, tmp_path):

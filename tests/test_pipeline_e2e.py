@@ -103,6 +103,9 @@ def test_sync_dvc_adopts_the_run(adopted):
     assert "Running stage" not in res.stdout, res.stdout
     lock = (adopted / "dvc.lock").read_text()
     assert "train@1-A" in lock and "run.train" in lock
+    shown = dvc(["metrics", "show", "--json"], adopted).stdout
+    assert f"results/{SCALE}/fig2_metrics.json" in shown and "pearson_r" in shown
+    assert f"results/{SCALE}/fig1/metrics.json" in shown
 
 
 def test_round_trip_push_clone_pull_resync(adopted, tmp_path):
