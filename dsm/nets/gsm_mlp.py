@@ -11,7 +11,9 @@ b_i = (d/2) log(2π(σ_i² + t)) - log w_i, so the only error left is the fit.
 Interface as :class:`dsm.nets.EnergyModel`: ``energy(y, t)`` (B,) nats (unnormalized),
 ``score(y, t)`` = ∇_y U (shape of y), ``time_score(y, t)`` = ∂_t U (B,),
 ``denoise(y, t)`` = y - t ∇_y U; y is (B, ...) with d values per sample, t (B,) a
-variance. The scores come from autograd of the energy, as the training objectives do.
+variance. The scores come from autograd of the energy, as in the training objectives
+(a hand-written closed form with a forward-mode t-tangent was tried: same values, but
+28.9 against 26.3 CPU ms per training step at width 256, so it was dropped).
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-_INV_SQRT2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def quadratic_mixture_energy(r2: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -75,46 +75,15 @@ class GSMMLPEnergy(nn.Module):
     forward = energy
 
     # --- derivatives ----------------------------------------------------------------
-    def coefficients_and_rates(self, t: torch.Tensor):
-        """(a, b, ∂a/∂t, ∂b/∂t), each (B, K), in one pass with the tangent carried along.
-
-        Forward-mode differentiation by hand through Linear and (exact, erf) GELU layers:
-        a scalar input makes the tangent one extra column per layer, cheaper than a
-        reverse pass and, unlike it, needs no second backward through GELU when training.
-        """
-        h = torch.log(t + self.t_min)[:, None]
-        dh = (1.0 / (t + self.t_min))[:, None]
-        layers = list(self.mlp)
-        for i, layer in enumerate(layers):
-            if isinstance(layer, nn.Linear):
-                h, dh = layer(h), dh @ layer.weight.T
-            else:  # GELU: d/dh [h Φ(h)] = Φ(h) + h φ(h)
-                cdf = 0.5 * (1.0 + torch.erf(h * _INV_SQRT2))
-                dh = dh * (cdf + h * torch.exp(-0.5 * h * h) * _INV_SQRT_2PI)
-                h = h * cdf
-        k = self.components
-        a, da = F.softplus(h[:, :k]), torch.sigmoid(h[:, :k]) * dh[:, :k]
-        return a, self.d * h[:, k:], da, self.d * dh[:, k:]
-
     def energy_and_scores(self, y: torch.Tensor, t: torch.Tensor, create_graph: bool = False):
-        """(U (B,), ∇_y U (shape of y), ∂_t U (B,)) in closed form.
-
-        With e_i = a_i r² + b_i and π = softmax(-e): ∇_y U = 2 y Σ_i π_i a_i and
-        ∂_t U = Σ_i π_i (∂_t a_i r² + ∂_t b_i). Equal to autograd of :meth:`energy`
-        (tests/test_fig1.py) at about half the cost of double back-propagation; the
-        results stay differentiable w.r.t. the parameters (and y) when
-        ``create_graph=True``, as dsm.objectives expects.
-        """
-        with torch.set_grad_enabled(create_graph):
-            a, b, da, db = self.coefficients_and_rates(t)
-            r2 = y.reshape(y.shape[0], -1).pow(2).sum(1)
-            e = a * r2[:, None] + b
-            u = -torch.logsumexp(-e, dim=-1)
-            pi = torch.softmax(-e, dim=-1)
-            gy = y * (2 * (pi * a).sum(-1)).reshape((-1,) + (1,) * (y.ndim - 1))
-            gt = (pi * (da * r2[:, None] + db)).sum(-1)
-        if not create_graph:
-            u, gy, gt = u.detach(), gy.detach(), gt.detach()
+        """(U (B,), ∇_y U (shape of y), ∂_t U (B,)) from one autograd pass, as
+        :meth:`dsm.nets.EnergyModel.energy_and_scores` (y, t used as given if they
+        require grad, else detached copies are differentiated)."""
+        with torch.enable_grad():
+            y = y if y.requires_grad else y.detach().requires_grad_(True)
+            t = t if t.requires_grad else t.detach().requires_grad_(True)
+            u = self.energy(y, t)
+            gy, gt = torch.autograd.grad(u.sum(), (y, t), create_graph=create_graph)
         return u, gy, gt
 
     def score(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
