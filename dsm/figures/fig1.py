@@ -27,7 +27,6 @@ Outputs of :func:`fig1_from_params` in OUT:
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +135,7 @@ def normalization_constant(model, x_heldout: torch.Tensor, t_max: float, seed: i
       "isotropic":     N(mean, t_max I), H = (d/2) ln(2πe t_max) — METHOD.md §5 as written;
       "data_variance": N(mean, (v̄ + t_max) I), H = (d/2) ln(2πe (v̄ + t_max)), with v̄ the
                        held-out data's variance per value. For Figure 1 (v̄ = 8.5, t_max = 100)
-                       the isotropic form is 0.172 dB/dim off, this one 0.005 (docs/benchmarks.md);
+                       the isotropic form is 0.174 dB/dim off, this one 0.003 (docs/benchmarks.md);
                        on [0, 1] images (v̄ <= 0.25, t_max = 1e3) the two differ by < 1e-3 dB/dim.
     """
     if entropy not in ("isotropic", "data_variance"):
