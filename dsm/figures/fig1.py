@@ -10,9 +10,9 @@ t = ``t_eval`` (default t_min = 1e-2), with the exact log p(x) (t = 0).
 
 Why not the model at t = 0: its feature ln(0 + t_min) lies 0.69 below the trained range
 [ln 2 t_min, ln(t_max + t_min)], and the MLP's extrapolation there cost accuracy
-(paper setting: max |error| 0.215 dB/dim at t = 0 against 0.133 at t = t_min, while
-the truth itself moves by at most 0.04 dB/dim between t = 0 and 1e-2 in the window);
-metrics.json reports both (``model_at_t0``).
+(paper setting, dual SM: max |error| 0.215 / 0.093 dB/dim at t = 0 against 0.133 / 0.052
+at t = t_min for seeds 0 / 1, while the truth itself moves by at most 0.04 dB/dim between
+t = 0 and 1e-2 in the window); metrics.json reports both (``model_at_t0``).
 
 Outputs of :func:`fig1_from_params` in OUT:
   fig1.pdf      left: log p in dB/dim against r/√d with the data's radial histogram
