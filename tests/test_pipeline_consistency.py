@@ -19,6 +19,7 @@ from test_pipeline_util import copy_repo, dry_run_jobs, smk_literal
 
 def normalise(cmd: str) -> str:
     cmd = re.sub(r"\s+2>\s*\S+\s*$", "", cmd.strip())  # Snakemake: `2> {log}`
+    cmd = re.sub(r"^exec\s+", "", cmd)  # Snakemake: `exec` so signals reach the job
     return " ".join(cmd.split())
 
 

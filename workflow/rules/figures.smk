@@ -44,7 +44,8 @@ rule fig1:
         runtime=res("train", "runtime"),
         gpu=res("train", "gpu", 0),
     shell:
-        "dsm fig1 --params params.yaml --scale {wildcards.scale}"
+        # exec: SIGTERM reaches `dsm fig1`, whose training runs checkpoint (see train.smk)
+        "exec dsm fig1 --params params.yaml --scale {wildcards.scale}"
         " --out results/{wildcards.scale}/fig1 2> {log}"
 
 

@@ -23,8 +23,11 @@ rule train:
         mem_mb=res("train", "mem_mb"),
         runtime=res("train", "runtime"),
         gpu=res("train", "gpu", 0),
+    # `exec`: the shell is replaced by `dsm train`, so a SIGTERM from SLURM (preemption,
+    # --signal before the time limit) reaches the trainer, which checkpoints and exits
+    # non-zero for the retry to resume; a wrapping bash would die at once instead.
     shell:
-        "dsm train --params params.yaml --scale {wildcards.scale}"
+        "exec dsm train --params params.yaml --scale {wildcards.scale}"
         " --data {input.data} --splits {input.splits}"
         " --N {wildcards.N} --split {wildcards.split}"
         " --out models/{wildcards.scale}/N{wildcards.N}-{wildcards.split} 2> {log}"
