@@ -475,6 +475,16 @@ def load_model(path, device="cpu"):
     return model, payload
 
 
+def resolve_model_cfg(model_cfg: Mapping, train_cfg: Mapping) -> dict:
+    """The model section as trained: ``log_t_floor: null`` (or absent) of a log embedding
+    becomes ``train.t_min``, so that t = 0 (the one-shot log p) maps to the edge of the
+    trained noise range. The resolved value is stored in model.pt and hashed."""
+    m = json.loads(json.dumps(dict(model_cfg)))
+    if m.get("embedding", "linear") == "log" and m.get("log_t_floor") is None:
+        m["log_t_floor"] = float(train_cfg["t_min"])
+    return m
+
+
 def train_from_params(cfg: dict, data, splits, n: int, split: str, out, device=None) -> Path:
     """Train one model on split ``split`` (A|B) of size ``n``; write ``OUT/model.pt``.
 
@@ -489,6 +499,7 @@ def train_from_params(cfg: dict, data, splits, n: int, split: str, out, device=N
         if not isinstance(cfg.get(key), dict):
             raise DsmError(f"params: section '{key}' missing")
     tcfg = dict(cfg["train"])
+    cfg = {**cfg, "model": resolve_model_cfg(cfg["model"], tcfg)}
     out = Path(out)
     model_path = out / "model.pt"
 

@@ -20,6 +20,8 @@ def build_model(model_cfg: dict, channels: int, image_size: int):
       layers_per_block  conv layers per block (>= 2)        [3]
       activation      gelu | relu                           [gelu]
       embedding       linear (release: features of t) | log (features of ln t)  [linear]
+      log_t_floor     log embedding: features of ln(t + log_t_floor); `dsm train` sets
+                      null to train.t_min so t = 0 lies in the trained range  [1e-12]
       norm_eps        eps of the homogeneous norm (>= 0)    [1e-5]
       norm_eps_mode   absolute | relative (eps scaled by the input's energy,
                       exactly homogeneous)                  [absolute]

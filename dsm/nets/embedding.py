@@ -17,9 +17,13 @@ from dsm.errors import DsmError
 
 EMBEDDINGS = ("linear", "log")
 
-# log t is evaluated as log(t + LOG_T_FLOOR) so that t = 0 (the one-shot log p(x)
-# evaluation) stays finite; the floor is far below the training range (t_min = 1e-9)
-# and, unlike a clamp, keeps d/dt nonzero.
+# log t is evaluated as log(t + floor) so that t = 0 (the one-shot log p(x) evaluation)
+# stays finite; unlike a clamp it keeps d/dt nonzero. The floor should be the training
+# t_min (model.log_t_floor: null, resolved by dsm.train): then t = 0 maps to ln t_min, the
+# edge of the trained range, and every t < t_min looks like t_min to the network. A floor
+# far below t_min (the old fixed 1e-12) puts t = 0 outside the trained features, where the
+# network's output is arbitrary (docs/pipeline.md: near-constant log p). LOG_T_FLOOR is only
+# the default for models saved without the key.
 LOG_T_FLOOR = 1e-12
 
 
@@ -28,16 +32,21 @@ class NoiseEmbedding(nn.Module):
 
     kind="linear" [release]: features of t itself, frequencies log-spaced 1 .. 0.01
     (periods 1 .. 100 in units of t), nearly constant for t < 1e-3.
-    kind="log": the same features of ln(t + 1e-12), periods 1 .. 100 in units of ln t,
-    so the embedding keeps resolving noise levels down to t_min.
+    kind="log": the same features of ln(t + log_t_floor), periods 1 .. 100 in units of
+    ln t, so the embedding keeps resolving noise levels down to the floor (set it to the
+    training t_min so that t = 0 stays inside the trained range).
     """
 
-    def __init__(self, kind: str = "linear", n_freqs: int = 32, dim: int = 256):
+    def __init__(self, kind: str = "linear", n_freqs: int = 32, dim: int = 256,
+                 log_t_floor: float = LOG_T_FLOOR):
         super().__init__()
         if kind not in EMBEDDINGS:
             raise DsmError(f"model.embedding: unknown value {kind!r} (expected one of {EMBEDDINGS})")
+        if not float(log_t_floor) > 0:
+            raise DsmError(f"model.log_t_floor: must be > 0, got {log_t_floor}")
         self.kind = kind
         self.dim = dim
+        self.log_t_floor = float(log_t_floor)
         freqs = 2 * math.pi * torch.logspace(0.0, -2.0, n_freqs, dtype=torch.float64)
         self.register_buffer("freqs", freqs.float())
         self.mlp = nn.Sequential(
@@ -46,7 +55,7 @@ class NoiseEmbedding(nn.Module):
 
     def features(self, t: torch.Tensor) -> torch.Tensor:
         """(B,) -> (B, 2 n_freqs) Fourier features [cos, sin]."""
-        u = t if self.kind == "linear" else torch.log(t + LOG_T_FLOOR)
+        u = t if self.kind == "linear" else torch.log(t + self.log_t_floor)
         arg = u[:, None] * self.freqs.to(u.dtype)
         return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)
 
@@ -63,7 +72,7 @@ class NoiseEmbedding(nn.Module):
         if self.kind == "linear":
             u, du = t, torch.ones_like(t)
         else:
-            u, du = torch.log(t + LOG_T_FLOOR), 1.0 / (t + LOG_T_FLOOR)
+            u, du = torch.log(t + self.log_t_floor), 1.0 / (t + self.log_t_floor)
         w = self.freqs.to(u.dtype)
         arg = u[:, None] * w
         cos, sin = torch.cos(arg), torch.sin(arg)

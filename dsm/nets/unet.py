@@ -24,7 +24,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from dsm.errors import DsmError
-from dsm.nets.embedding import NoiseEmbedding
+from dsm.nets.embedding import LOG_T_FLOOR, NoiseEmbedding
 from dsm.nets.norm import HomogeneousInstanceNorm
 
 IMPLS = ("fused", "autograd")
@@ -134,6 +134,7 @@ class UNet(nn.Module):
         layers_per_block: int = 3,
         activation: str = "gelu",
         embedding: str = "linear",
+        log_t_floor: float = LOG_T_FLOOR,
         norm_eps: float = 1e-5,
         norm_eps_mode: str = "absolute",
         impl: str = "fused",
@@ -156,7 +157,7 @@ class UNet(nn.Module):
         self.impl = impl
         self._norms = None  # plain list (not registered twice), filled on first use
         self.n_scales = len(widths)
-        self.embed = NoiseEmbedding(embedding, n_freqs, emb_dim)
+        self.embed = NoiseEmbedding(embedding, n_freqs, emb_dim, log_t_floor)
 
         norm_kw = {"eps": norm_eps, "eps_mode": norm_eps_mode, "impl": impl}
 
@@ -255,6 +256,7 @@ def build_network(model_cfg: dict, channels: int, image_size: int) -> UNet:
         layers_per_block=int(cfg.get("layers_per_block", 3)),
         activation=str(cfg.get("activation", "gelu")),
         embedding=str(cfg.get("embedding", "linear")),
+        log_t_floor=float(LOG_T_FLOOR if cfg.get("log_t_floor") is None else cfg["log_t_floor"]),
         norm_eps=float(cfg.get("norm_eps", 1e-5)),
         norm_eps_mode=str(cfg.get("norm_eps_mode", "absolute")),
         impl=str(cfg.get("impl", "fused")),
