@@ -46,7 +46,7 @@ def write_text(path, text: str) -> None:
 
 
 def write_json(path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
 def write_parquet(path, df) -> None:
@@ -55,7 +55,8 @@ def write_parquet(path, df) -> None:
         df.to_parquet(tmp, index=False)
 
 
-def _json_default(o):
+def json_default(o):
+    """``json.dumps(default=...)`` for numpy/torch scalars and arrays and paths."""
     if hasattr(o, "item"):
         return o.item()
     if hasattr(o, "tolist"):
@@ -76,7 +77,7 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
 
 def sha256_json(obj) -> str:
     """Hex SHA-256 of the canonical JSON of ``obj`` (sorted keys): a params hash."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=json_default)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

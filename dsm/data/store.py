@@ -34,6 +34,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from dsm.errors import DsmError
+from dsm.io import json_default
 
 FORMAT = "dsm-store/1"
 PARTS = ("train", "test")
@@ -228,7 +229,7 @@ def _write_part(plan: PartPlan, part_dir: Path, meta: dict, progress: bool) -> i
                      dtype=str(np.dtype(dtype)), scale=(1 / 255 if dtype == np.uint8 else 1.0),
                      format=FORMAT)
     (part_dir / "meta.json").write_text(json.dumps(part_meta, indent=2, sort_keys=True,
-                                                   default=_json_default) + "\n")
+                                                   default=json_default) + "\n")
     return n
 
 
@@ -268,12 +269,3 @@ def _bar(total, desc, enabled):
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not enabled,
                 mininterval=1.0, leave=False)
 
-
-def _json_default(o):
-    if hasattr(o, "item"):
-        return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
