@@ -201,9 +201,8 @@ def test_log_embedding_floor_maps_t0_into_the_trained_range():
 
     t_min = 1e-6
     emb = NoiseEmbedding("log", log_t_floor=t_min).double()
-    f = emb.features(torch.tensor([0.0, t_min / 100, t_min, 1e-3], dtype=torch.float64))
-    assert (f[0] - f[1]).abs().max() < 0.05          # below the floor: all alike
-    assert (f[0] - f[2]).abs().max() < 1.0           # t = 0 within ln 2 of ln t_min
+    f = emb.features(torch.tensor([0.0, t_min / 1000, t_min, 1e-3], dtype=torch.float64))
+    assert (f[0] - f[1]).abs().max() < 0.01          # below the floor: all alike
     assert (f[2] - f[3]).abs().max() > 0.1           # still resolves the trained range
     old = NoiseEmbedding("log").double()             # the fixed 1e-12 floor: t = 0 sits at
     assert abs(old.features(torch.zeros(1, dtype=torch.float64))[0, 32].item()
