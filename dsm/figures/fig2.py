@@ -70,6 +70,9 @@ def plot_fig2(pairs: dict, metrics: dict, p: dict, path, title: str | None = Non
     if exact:
         values += [df["exact"] for df in pairs.values()]
     lo, hi = _limits(values, p["lim"])
+    # With fixed limits, points beyond them are drawn on the panel's border (as the
+    # memorizing models' log p of unseen images can be far below everything else).
+    inside = (lambda v: np.clip(np.asarray(v, np.float64), lo, hi)) if p["lim"] else np.asarray
     size = p["panel_size"]
     fig, axes = plt.subplots(rows, len(ns), figsize=(size * len(ns), size * rows + 0.4),
                              squeeze=False, sharex=True, sharey=True, constrained_layout=True)
@@ -79,22 +82,21 @@ def plot_fig2(pairs: dict, metrics: dict, p: dict, path, title: str | None = Non
         ax = axes[0, j]
         for s in SPLITS:
             d = df[df["image_set"] == s]
-            ax.scatter(d["logp_a"], d["logp_b"], s=p["point_size"], c=COLORS[s], lw=0,
-                       alpha=0.7, label=f"train {s}", rasterized=True)
+            ax.scatter(inside(d["logp_a"]), inside(d["logp_b"]), s=p["point_size"], c=COLORS[s], lw=0,
+                       alpha=0.7, label=f"train {s}", rasterized=True, clip_on=False)
         ax.plot([lo, hi], [lo, hi], "k-", lw=0.6)
         ax.set_title(f"N = {n:,}\nr = {_fmt(m.get('pearson_r'), '.4f')}, "
                      f"RMS = {_fmt(m.get('rms_db'), '.3g')}", fontsize=8)
         if j == 0:
             ax.set_ylabel("log p_B (dB/dim)")
             ax.legend(fontsize=6, markerscale=3, loc="upper left")
-        if rows == 1:
-            ax.set_xlabel("log p_A (dB/dim)")
+        ax.set_xlabel("log p_A (dB/dim)", fontsize=8)
         if exact:
             ax = axes[1, j]
             for s, col in (("A", "logp_a"), ("B", "logp_b")):
                 d = df[df["image_set"] == s]
-                ax.scatter(d["exact"], d[col], s=p["point_size"], c=COLORS[s], lw=0, alpha=0.7,
-                           label=f"model {s}", rasterized=True)
+                ax.scatter(inside(d["exact"]), inside(d[col]), s=p["point_size"], c=COLORS[s], lw=0, alpha=0.7,
+                           label=f"model {s}", rasterized=True, clip_on=False)
             ax.plot([lo, hi], [lo, hi], "k-", lw=0.6)
             ax.set_title(f"error mean {_fmt(m.get('exact_mean_err_db'), '.3g')}, "
                          f"RMS {_fmt(m.get('exact_rms_err_db'), '.3g')}", fontsize=8)
