@@ -376,8 +376,8 @@ def test_training_job_resumes_after_sigterm(slurm_repo):
     assert logged == sorted(set(logged)) and logged[-1] == steps, logged
 
     # Bitwise the same model as the uninterrupted run.
-    got = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
-    want = torch.load(ref_dir / "model.pt", map_location="cpu", weights_only=False)
+    got = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    want = torch.load(ref_dir / "model.pt", map_location="cpu", weights_only=True)
     got_t, want_t = dict(_tensors(got)), dict(_tensors(want))
     assert got_t and got_t.keys() == want_t.keys()
     differ = [k for k in got_t if not torch.equal(got_t[k], want_t[k])]
