@@ -42,16 +42,12 @@ def load_batch(path: Path):
 
 
 def plan(cfg: dict):
-    from dsm.data.prepare import convert_uint8, native_channels
+    from dsm.data.prepare import convert_uint8, native_channels, required_root
     from dsm.data.store import Chunk, PartPlan
 
-    if not cfg.get("root"):
-        raise DsmError("data.root: required for source cifar10 (directory of data_batch_* and test_batch)")
-    root = Path(cfg["root"])
+    root = required_root(cfg, "cifar10", "directory of data_batch_* and test_batch")
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
-    if not root.is_dir():
-        raise DsmError(f"{root}: data.root not found")
     channels = native_channels(cfg, 3, "cifar10")
     size = cfg.get("image_size")
     files = {"train": TRAIN, "test": TEST}

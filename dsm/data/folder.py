@@ -66,14 +66,10 @@ def load_image(path: Path, size: int | None) -> np.ndarray:
 
 
 def plan(cfg: dict):
-    from dsm.data.prepare import cap, convert_uint8
+    from dsm.data.prepare import cap, convert_uint8, required_root
     from dsm.data.store import Chunk, PartPlan
 
-    if not cfg.get("root"):
-        raise DsmError("data.root: required for source folder (a directory of PNG/JPEG images)")
-    root = Path(cfg["root"])
-    if not root.is_dir():
-        raise DsmError(f"{root}: data.root not found")
+    root = required_root(cfg, "folder", "a directory of PNG/JPEG images")
     frac = float(cfg["folder"]["test_fraction"])
     if not 0 <= frac < 1:
         raise DsmError(f"data.folder.test_fraction: must be in [0, 1), got {frac}")

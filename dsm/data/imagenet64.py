@@ -92,14 +92,10 @@ def load_file(root: Path, name: str):
 
 
 def plan(cfg: dict):
-    from dsm.data.prepare import convert_uint8, native_channels
+    from dsm.data.prepare import convert_uint8, native_channels, required_root
     from dsm.data.store import Chunk, PartPlan
 
-    if not cfg.get("root"):
-        raise DsmError("data.root: required for source imagenet64 (directory of train_data_batch_* and val_data)")
-    root = Path(cfg["root"])
-    if not root.is_dir():
-        raise DsmError(f"{root}: data.root not found")
+    root = required_root(cfg, "imagenet64", "directory of train_data_batch_* and val_data")
     channels = native_channels(cfg, 3, "imagenet64")
     size = cfg.get("image_size")
     files = {"train": TRAIN, "test": TEST}

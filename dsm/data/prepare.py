@@ -193,6 +193,16 @@ def _plan_gsm(cfg: dict):
 LUMA = (0.299, 0.587, 0.114)   # ITU-R BT.601
 
 
+def required_root(cfg: dict, source: str, what: str) -> Path:
+    """``data.root`` as an existing directory; DsmError naming the key or the path otherwise."""
+    if not cfg.get("root"):
+        raise DsmError(f"data.root: required for source {source} ({what})")
+    root = Path(cfg["root"])
+    if not root.is_dir():
+        raise DsmError(f"{root}: data.root not found")
+    return root
+
+
 def native_channels(cfg: dict, native: int, source: str) -> int:
     """Output channels for a source whose images have ``native`` channels."""
     c = cfg.get("channels") or native

@@ -25,9 +25,8 @@ from torch.autograd.function import once_differentiable
 
 from dsm.errors import DsmError
 from dsm.nets.embedding import LOG_T_FLOOR, NoiseEmbedding
-from dsm.nets.norm import HomogeneousInstanceNorm
+from dsm.nets.norm import IMPLS, HomogeneousInstanceNorm
 
-IMPLS = ("fused", "autograd")
 _INV_SQRT_2PI = 1.0 / math.sqrt(2 * math.pi)
 
 
