@@ -1,6 +1,7 @@
 # The paper's pipeline (see README and docs/pipeline.md). Thin: parameters come from
 # params.yaml (validated against workflow/schemas/params.schema.yaml); every rule is
-# one `dsm` command, the same command as the matching stage of dvc.yaml.
+# one stage of the stage table dsm/pipeline/stages.py, from which dvc.yaml is generated
+# (`dsm sync dvc-yaml`), so both tools run the same `dsm` commands.
 #
 #   snakemake --cores 8 figures/fig2.pdf          # Figure 2 of the active scale
 #   snakemake --config scale=paper -n all        # plan another scale
@@ -36,6 +37,5 @@ localrules:
 
 rule all:
     input:
-        "figures/fig1.pdf",
-        "figures/fig2.pdf",
+        TARGETS,
     default_target: True

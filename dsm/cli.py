@@ -66,7 +66,7 @@ def _add_train(sub):
                        description="Train one model on split SPLIT of size N. Rerunning the same command resumes "
                                    "from OUT/checkpoints/latest (if the config hash matches); SIGTERM or "
                                    "SIGUSR1 writes a checkpoint and exits with 128+signal. CPU threads: "
-                                   "$DSM_THREADS, else $OMP_NUM_THREADS.")
+                                   "resources.train.threads of the scale.")
     _add_params_options(p)
     p.add_argument("--data", required=True, help="prepared store directory")
     p.add_argument("--splits", required=True, help="splits Parquet (from `dsm split`)")
@@ -184,16 +184,25 @@ def _add_sync(sub):
     p = sub.add_parser("sync", help="make Snakemake and DVC agree on what is up to date",
                        description="`dsm sync dvc`: after a Snakemake run, record its outputs in dvc.lock "
                                    "(dvc commit -f). `dsm sync snakemake`: after dvc pull/checkout/repro, "
-                                   "mark the outputs up to date for Snakemake (snakemake --touch --forceall).")
-    p.add_argument("tool", choices=["dvc", "snakemake"], help="the tool to bring up to date")
+                                   "mark the outputs up to date for Snakemake (snakemake --touch --forceall). "
+                                   "`dsm sync dvc-yaml`: regenerate dvc.yaml from the stage table "
+                                   "(dsm/pipeline/stages.py).")
+    p.add_argument("tool", choices=["dvc", "snakemake", "dvc-yaml"],
+                   help="the tool to bring up to date; dvc-yaml: regenerate dvc.yaml from the stage table")
     p.add_argument("--root", default=".", help="repository root (default: .)")
     p.set_defaults(func=_run_sync)
 
 
 def _run_sync(args):
-    from dsm import sync
+    from dsm.pipeline import sync
 
-    if args.tool == "dvc":
+    if args.tool == "dvc-yaml":
+        from dsm.pipeline.render import write_dvc_yaml
+
+        changed = write_dvc_yaml(args.root)
+        print(f"dsm sync dvc-yaml: {args.root}/dvc.yaml {'regenerated' if changed else 'is up to date'}",
+              file=sys.stderr)
+    elif args.tool == "dvc":
         sync.sync_dvc(args.root)
     else:
         sync.sync_snakemake(args.root)

@@ -29,6 +29,9 @@ import torch
 from dsm import units
 from dsm.errors import DsmError
 from dsm.io import atomic_path, code_version, sha256_file, sha256_json, write_json
+from dsm.modelfile import load_energy_model
+from dsm.normalization import device_of, normalization_constant
+from dsm.runtime import image_noise, stage_threads
 
 # The per-image Parquet schema (one row per image and model); see docs/DESIGN.md.
 ROW_COLUMNS = [
@@ -106,73 +109,6 @@ def denoise(model, y: torch.Tensor, t) -> torch.Tensor:
     return y.detach() - tv.reshape(-1, *([1] * (y.dim() - 1))) * space_score(model, y, tv)
 
 
-def image_noise(seed: int, positions, shape) -> np.ndarray:
-    """Standard normal noise (B, *shape) float32, one independent stream per image position."""
-    return np.stack([np.random.default_rng([int(seed), int(p)]).standard_normal(shape, dtype=np.float32)
-                     for p in positions]) if len(positions) else np.zeros((0, *shape), np.float32)
-
-
-def _batches(images, batch_size: int) -> Iterator[torch.Tensor]:
-    """Tensors (b, ...) from a tensor/array (chunked) or an iterable of batches."""
-    if isinstance(images, (torch.Tensor, np.ndarray)):
-        for i in range(0, len(images), batch_size):
-            yield torch.as_tensor(images[i:i + batch_size])
-    else:
-        for batch in images:
-            yield torch.as_tensor(batch)
-
-
-def noisy_energies(model, images, t: float, seed: int, *, batch_size: int = 256,
-                   device=None) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """Yield (positions, U(x + sqrt(t) z, t) float64, d) per batch; z per image from ``seed``."""
-    dev = _device_of(model) if device is None else torch.device(device)
-    pos = 0
-    for x in _batches(images, batch_size):
-        b = x.shape[0]
-        positions = np.arange(pos, pos + b)
-        y = x.to(dev, torch.float32)
-        if t > 0:
-            z = torch.from_numpy(image_noise(seed, positions, tuple(x.shape[1:]))).to(dev)
-            y = y + math.sqrt(t) * z
-        u = energy(model, y, t).double().cpu().numpy()
-        pos += b
-        yield positions, u, int(np.prod(x.shape[1:]))
-
-
-def _device_of(model) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def normalization_constant(model, images, t_max: float, seed: int, *, batch_size: int = 256,
-                           device=None) -> dict:
-    """One-shot normalization constant (METHOD.md §5), in nats.
-
-    images: a tensor/array (n, C, H, W) (or (n, d)) of held-out clean images, or an iterable
-    of such batches. One noise draw per image, seeded per image position, so the result
-    does not depend on batching. Returns dict(c_nats, t_max, d, n_images, seed,
-    energy_mean_nats, c_sem_nats): c_sem_nats is the Monte-Carlo standard error of c.
-    """
-    n, total, total_sq, d, shift = 0, 0.0, 0.0, None, None
-    for positions, u, d in noisy_energies(model, images, float(t_max), seed, batch_size=batch_size,
-                                          device=device):
-        if not np.isfinite(u).all():
-            bad = int(positions[np.flatnonzero(~np.isfinite(u))[0]])
-            raise DsmError(f"normalization: non-finite energy for held-out image {bad} at t_max={t_max}")
-        if shift is None and len(u):
-            shift = float(u[0])   # shifted sums keep the variance accurate for large energies
-        n += len(u)
-        total += float((u - shift).sum())
-        total_sq += float(((u - shift) ** 2).sum())
-    if n == 0:
-        raise DsmError("normalization: no held-out images")
-    mean = shift + total / n
-    var = max(total_sq / n - (total / n) ** 2, 0.0) * n / max(n - 1, 1)
-    c = 0.5 * d * math.log(2 * math.pi * math.e * float(t_max)) - mean
-    return {"c_nats": c, "t_max": float(t_max), "d": d, "n_images": n, "seed": int(seed),
-            "energy_mean_nats": mean, "c_sem_nats": math.sqrt(var / n)}
-
-
 def log_density(energy_nats: np.ndarray, c_nats: float, d: int) -> dict:
     """Columns from unnormalized energies (float64 nats): energy_nats (normalized U + c),
     nats_per_dim, logp_db_per_dim, nll_bits_per_dim (8-bit discrete convention)."""
@@ -202,7 +138,7 @@ def evaluate_images(model, batches: Iterable[tuple[dict, np.ndarray]], c_nats: f
     ``exact`` is given, else None).
     """
     _need_energy(model)
-    dev = _device_of(model) if device is None else torch.device(device)
+    dev = device_of(model) if device is None else torch.device(device)
     pos = 0
     for columns, images in batches:
         x = torch.as_tensor(np.asarray(images, dtype=np.float32))
@@ -292,17 +228,6 @@ def _store_batches(store, idx: np.ndarray, batch_size: int, columns: dict) -> It
         yield cols, store.images(sel)
 
 
-def _energy_model(model_path, device):
-    from dsm.train import load_model, resolve_device
-
-    dev = resolve_device(device)
-    model, payload = load_model(model_path, dev)
-    if payload.get("kind", "energy") != "energy":
-        raise DsmError(f"{model_path}: a {payload.get('kind')} model has no energy; "
-                       f"log p needs model.kind: energy")
-    return model, payload, dev
-
-
 def normalize_from_params(cfg: dict, model, data, out, device=None) -> dict:
     """Write the normalization constant of ``model`` (model.pt) to JSON ``out``.
 
@@ -310,8 +235,9 @@ def normalize_from_params(cfg: dict, model, data, out, device=None) -> dict:
     each at the model's training ``t_max`` (seed ``evaluate.noise_seed``).
     """
     ecfg = _ecfg(cfg)
+    stage_threads(cfg, "evaluate")
     dev_spec = device if device is not None else cfg.get("device", "auto")
-    net, payload, dev = _energy_model(model, dev_spec)
+    net, payload, dev = load_energy_model(model, dev_spec)
     t_max = float(payload["config"]["train"]["t_max"])
     store = _store(data, "test")
     n = min(int(ecfg.get("n_norm", len(store))), len(store))
@@ -340,12 +266,13 @@ def evaluate_from_params(cfg: dict, model, norm, data, splits, n: int, split: st
     At most ``evaluate.max_per_set`` images of each set (the first ones). Writes the
     Parquet ``out`` (schema: :data:`ROW_COLUMNS`, docs/DESIGN.md) incrementally.
     """
-    from dsm.data import exact_density
+    from dsm.data.exact import exact_density
     from dsm.data.splits import read_split
 
     ecfg = _ecfg(cfg)
+    stage_threads(cfg, "evaluate")
     dev_spec = device if device is not None else cfg.get("device", "auto")
-    net, payload, dev = _energy_model(model, dev_spec)
+    net, payload, dev = load_energy_model(model, dev_spec)
     model_sha = sha256_file(model)
     norm_info = _read_norm(norm, model_sha)
     prov = payload.get("provenance", {})

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dsm.data import exact_density, open_store
+from dsm.data import open_store
+from dsm.data.exact import exact_density
 from dsm.data.prepare import prepare, resolve
 from dsm.data.store import Chunk, PartPlan, row_hashes, write_store
 from dsm.errors import DsmError

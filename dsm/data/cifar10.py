@@ -42,7 +42,7 @@ def load_batch(path: Path):
 
 
 def plan(cfg: dict):
-    from dsm.data.prepare import convert_uint8, native_channels, required_root
+    from dsm.data.convert import convert_uint8, native_channels, required_root
     from dsm.data.store import Chunk, PartPlan
 
     root = required_root(cfg, "cifar10", "directory of data_batch_* and test_batch")

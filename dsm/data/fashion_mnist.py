@@ -76,7 +76,7 @@ def load_part(root, part: str):
 
 
 def plan(cfg: dict):
-    from dsm.data.prepare import cap, convert_uint8, native_channels
+    from dsm.data.convert import cap, convert_uint8, native_channels
     from dsm.data.store import Chunk, PartPlan
 
     root = Path(cfg.get("root") or DEFAULT_ROOT)

@@ -66,7 +66,7 @@ def load_image(path: Path, size: int | None) -> np.ndarray:
 
 
 def plan(cfg: dict):
-    from dsm.data.prepare import cap, convert_uint8, required_root
+    from dsm.data.convert import cap, convert_uint8, required_root
     from dsm.data.store import Chunk, PartPlan
 
     root = required_root(cfg, "folder", "a directory of PNG/JPEG images")

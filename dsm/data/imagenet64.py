@@ -92,7 +92,7 @@ def load_file(root: Path, name: str):
 
 
 def plan(cfg: dict):
-    from dsm.data.prepare import convert_uint8, native_channels, required_root
+    from dsm.data.convert import convert_uint8, native_channels, required_root
     from dsm.data.store import Chunk, PartPlan
 
     root = required_root(cfg, "imagenet64", "directory of train_data_batch_* and val_data")

@@ -37,6 +37,7 @@ from dsm.data.gsm import GaussianScaleMixture
 from dsm.errors import DsmError
 from dsm.io import code_version, write_json, write_text
 from dsm.nets.gsm_mlp import GSMMLPEnergy
+from dsm.normalization import normalization_constant
 from dsm.objectives import dual_score_matching_loss
 
 # The paper's setting (METHOD.md §7); every key can be set in the scale's `fig1:` section.
@@ -109,7 +110,7 @@ def build_model(p: dict) -> GSMMLPEnergy:
 
 def train_method(method: str, x_train: torch.Tensor, p: dict, out_dir, device=None):
     """Train one model by ``method`` ('ssm' or 'dsm') with dsm.train.fit; returns (model, result)."""
-    from dsm.train import fit
+    from dsm.fit import fit
 
     model = build_model(p)
     train_cfg = {k: p[k] for k in ("steps", "batch_size", "lr", "lr_halve_every", "t_min", "t_max",
@@ -124,36 +125,6 @@ def train_method(method: str, x_train: torch.Tensor, p: dict, out_dir, device=No
     result = fit(model, next_batch, train_cfg, out_dir, device=device, loss_fn=LOSSES[method],
                  identity=identity, desc=f"fig1 {method}")
     return model, result
-
-
-@torch.no_grad()
-def normalization_constant(model, x_heldout: torch.Tensor, t_max: float, seed: int,
-                           entropy: str = "data_variance", batch: int = 4096) -> float:
-    """c = H - mean_i U(x_i + sqrt(t_max) z_i, t_max), nats (METHOD.md §5), one z_i per sample.
-
-    H is the entropy of the Gaussian that p(y | t_max) is taken to be:
-      "isotropic":     N(mean, t_max I), H = (d/2) ln(2πe t_max) — METHOD.md §5 as written;
-      "data_variance": N(mean, (v̄ + t_max) I), H = (d/2) ln(2πe (v̄ + t_max)), with v̄ the
-                       held-out data's variance per value. For Figure 1 (v̄ = 8.5, t_max = 100)
-                       the isotropic form is 0.174 dB/dim off, this one 0.003 (docs/benchmarks.md);
-                       on [0, 1] images (v̄ <= 0.25, t_max = 1e3) the two differ by < 1e-3 dB/dim.
-    """
-    if entropy not in ("isotropic", "data_variance"):
-        raise DsmError(f"fig1.norm_entropy: unknown value {entropy!r} (expected isotropic or data_variance)")
-    g = torch.Generator().manual_seed(seed)
-    d = x_heldout[0].numel()
-    dev = next(model.parameters()).device
-    total = 0.0
-    for i in range(0, len(x_heldout), batch):
-        x = x_heldout[i:i + batch]
-        z = torch.randn(x.shape, generator=g, dtype=x.dtype)
-        y = (x + math.sqrt(t_max) * z).to(dev)
-        total += model.energy(y, torch.full((len(x),), t_max, device=dev)).double().sum().item()
-    var = 0.0
-    if entropy == "data_variance":
-        xd = x_heldout.double().flatten(1)
-        var = float((xd - xd.mean(0)).pow(2).mean())
-    return 0.5 * d * math.log(2 * math.pi * math.e * (t_max + var)) - total / len(x_heldout)
 
 
 def error_metrics(rho: np.ndarray, logp: np.ndarray, logp_true: np.ndarray, r_range) -> dict:
@@ -221,8 +192,10 @@ def run_fig1(p: dict, out, device=None) -> dict:
     for m in METHODS:
         model, result = train_method(m, x_train, p, out / m, device)
         model.eval()
-        c = normalization_constant(model, x_norm, p["t_max"], seed=p["seed"] + 2, entropy=p["norm_entropy"])
-        c_other = normalization_constant(model, x_norm, p["t_max"], seed=p["seed"] + 2, entropy=other)
+        c = normalization_constant(model, x_norm, p["t_max"], seed=p["seed"] + 2,
+                                   entropy=p["norm_entropy"], batch_size=4096)["c_nats"]
+        c_other = normalization_constant(model, x_norm, p["t_max"], seed=p["seed"] + 2,
+                                         entropy=other, batch_size=4096)["c_nats"]
         logp_m, score_m = radial_curves(model, gsm, rho_plot, t_eval, c)
         logp_metric = radial_curves(model, gsm, rho_metric, t_eval, c)[0]
         logp_other = radial_curves(model, gsm, rho_metric, t_eval, c_other)[0]

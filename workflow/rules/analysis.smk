@@ -3,22 +3,17 @@
 
 rule compare:
     input:
-        tables=logp_tables,
-        code=code("compare"),
+        **inputs("compare"),
     output:
-        metrics="results/{scale}/fig2_metrics.json",
-        by_n="results/{scale}/fig2_by_N.csv",
+        **outputs("compare"),
     params:
         reads=reads("compare"),
     conda:
         CONDA_ENV
     log:
-        "logs/{scale}/compare.log",
-    threads: 1
+        log_of("compare"),
+    threads: res("compare", "threads")
     resources:
-        mem_mb=res("light", "mem_mb"),
-        runtime=res("light", "runtime"),
+        **resources_of("compare"),
     shell:
-        "dsm compare --params params.yaml --scale {wildcards.scale}"
-        " --logp results/{wildcards.scale}/logp"
-        " --out {output.metrics} --by-n {output.by_n} 2> {log}"
+        shell_of("compare")

@@ -1,25 +1,34 @@
-# Config validation, scale selection, and the input functions every rule file uses.
+# Config validation, scale selection, and the helpers every rule file uses.
 #
-# The parameters of each job are passed as its `params` (never as inputs), so
-# Snakemake's params rerun trigger reruns exactly the jobs whose parameters changed.
-# READS is the single list of those keys; dvc.yaml lists the same keys under each
-# stage's `params:` (tests/test_pipeline_consistency.py checks that they agree).
+# Every rule is one stage of the stage table (dsm/pipeline/stages.py), which also
+# generates dvc.yaml: the rule takes its inputs, outputs, command, parameters, code
+# dependencies and resources from there, so Snakemake and DVC cannot disagree.
+# The parameters of each job are its `params` (never inputs), so Snakemake's params
+# rerun trigger reruns exactly the jobs whose parameters changed; the library files a
+# stage runs (its entry module's import closure) are inputs, so a code change reruns
+# exactly the stages that can change.
 
 import re
+import sys
 from pathlib import Path
+
+# The workflow's own checkout of the library, whatever `dsm` is installed.
+sys.path.insert(0, str(Path(workflow.basedir)))
 
 from snakemake.utils import validate
 
 import dsm.config
 import dsm.errors
+from dsm.pipeline import render
+from dsm.pipeline.stages import STAGES, TARGETS
 
-PARAMS = "params.yaml"
+ROOT = str(Path(workflow.basedir))
 
 # Fail at parse time, before any job starts, with the dotted key in the message
 # (schema, then the cross-key checks of dsm.config.check_params); the same checks run
 # again in every `dsm` command, so `dvc repro` fails on its first stage the same way.
 try:
-    dsm.config.validate_params(config, PARAMS)
+    dsm.config.validate_params(config, render.PARAMS_FILE)
 except dsm.errors.DsmError as e:
     raise WorkflowError(f"invalid parameters: {e}") from None
 # Fill the schema's defaults into config (so rule params see the resolved values).
@@ -40,57 +49,39 @@ SCALE = RUN["name"]
 # rules run the `dsm` of the environment snakemake runs in. Relative to workflow/rules/.
 CONDA_ENV = "../../environment.yml"
 
-# Keys of a scale section each rule reads (`a.b` = key b of section a).
-READS = {
-    "prepare": ["data"],
-    "split": ["split"],
-    "train": ["model", "train"],
-    "normalize": ["evaluate.n_norm", "evaluate.batch_size", "evaluate.noise_seed"],
-    "evaluate": ["evaluate.max_per_set", "evaluate.batch_size"],
-    "compare": ["split"],
-    "fig2": ["figures.fig2"],
-    "fig1": ["fig1"],
-}
-
-# Library code each job runs, as inputs, so that a code change reruns it (a directory means its *.py).
-CODE = {
-    "prepare": ["dsm/data"],
-    "split": ["dsm/data/splits.py"],
-    "train": ["dsm/train.py", "dsm/objectives.py", "dsm/nets"],
-    "normalize": ["dsm/evaluate.py", "dsm/nets"],
-    "evaluate": ["dsm/evaluate.py", "dsm/nets"],
-    "compare": ["dsm/analysis/generalization.py"],
-    "fig2": ["dsm/figures/fig2.py"],
-    "fig1": ["dsm/figures/fig1.py"],
-}
-
 
 def scale_of(wildcards):
     """The scale section a job belongs to: its {scale} wildcard, else the active one."""
     return SCALES[wildcards.scale] if "scale" in wildcards.keys() else RUN
 
 
-def reads(rule_name):
-    """Rule params: the resolved sections the rule reads, keyed by dotted name."""
-
-    def params(wildcards):
-        cfg = scale_of(wildcards)
-        return {key: dsm.config.get(cfg, key) for key in READS[rule_name]}
-
-    return params
+def inputs(name):
+    return render.smk_inputs(STAGES[name], SCALES, SCALE, ROOT)
 
 
-def code(rule_name):
-    """The library files a rule runs, as inputs (sorted; directories expanded)."""
-    files = []
-    for path in CODE[rule_name]:
-        p = Path(path)
-        files += sorted(str(f) for f in p.rglob("*.py")) if p.is_dir() else [path]
-    return files
+def outputs(name):
+    return render.smk_outputs(STAGES[name], SCALE, directory)
 
 
-def res(group, key, default=None):
-    """A resource of `resources.<group>` of the job's scale (threads, mem_mb, runtime, gpu)."""
+def reads(name):
+    return render.smk_params(STAGES[name], scale_of, dsm.config.get)
+
+
+def shell_of(name):
+    return render.smk_shell(STAGES[name], SCALE)
+
+
+def log_of(name):
+    return render.smk_pattern(STAGES[name], STAGES[name].log(), SCALE)
+
+
+def benchmark_of(name):
+    return render.smk_pattern(STAGES[name], STAGES[name].benchmark_file(), SCALE)
+
+
+def res(name, key, default=None):
+    """A resource of the stage's group in the job's scale (threads, mem_mb, runtime, gpu)."""
+    group = STAGES[name].resources
 
     def get(wildcards):
         return scale_of(wildcards)["resources"][group].get(key, default)
@@ -98,17 +89,8 @@ def res(group, key, default=None):
     return get
 
 
-def models_of(scale):
-    return expand(
-        "models/{scale}/N{N}-{split}/model.pt",
-        scale=scale, N=SCALES[scale]["split"]["N"], split=["A", "B"],
-    )
-
-
-def logp_tables(wildcards):
-    """Every per-image log p table of a scale (one per N and split)."""
-    scale = scale_of(wildcards)["name"]
-    return expand(
-        "results/{scale}/logp/N{N}-{split}.parquet",
-        scale=scale, N=SCALES[scale]["split"]["N"], split=["A", "B"],
-    )
+def resources_of(name):
+    r = {"mem_mb": res(name, "mem_mb"), "runtime": res(name, "runtime")}
+    if STAGES[name].resources in ("train", "evaluate"):
+        r["gpu"] = res(name, "gpu", 0)
+    return r

@@ -1,43 +1,40 @@
 # Data: prepare the image store of a scale, then the nested disjoint A/B splits.
+# Each rule is one stage of dsm/pipeline/stages.py (see common.smk).
 
 
 rule prepare:
     input:
-        code=code("prepare"),
+        **inputs("prepare"),
     output:
-        directory("data/{scale}/images"),
+        **outputs("prepare"),
     params:
         reads=reads("prepare"),
     conda:
         CONDA_ENV
     log:
-        "logs/{scale}/prepare.log",
+        log_of("prepare"),
     benchmark:
-        "benchmarks/{scale}/prepare.tsv"
-    threads: res("data", "threads")
+        benchmark_of("prepare")
+    threads: res("prepare", "threads")
     resources:
-        mem_mb=res("data", "mem_mb"),
-        runtime=res("data", "runtime"),
+        **resources_of("prepare"),
     shell:
-        "dsm prepare --params params.yaml --scale {wildcards.scale} --out {output} 2> {log}"
+        shell_of("prepare")
 
 
 rule split:
     input:
-        data="data/{scale}/images",
-        code=code("split"),
+        **inputs("split"),
     output:
-        "data/{scale}/splits.parquet",
+        **outputs("split"),
     params:
         reads=reads("split"),
     conda:
         CONDA_ENV
     log:
-        "logs/{scale}/split.log",
-    threads: 1
+        log_of("split"),
+    threads: res("split", "threads")
     resources:
-        mem_mb=res("light", "mem_mb"),
-        runtime=res("light", "runtime"),
+        **resources_of("split"),
     shell:
-        "dsm split --params params.yaml --scale {wildcards.scale}"
-        " --data {input.data} --out {output} 2> {log}"
+        shell_of("split")

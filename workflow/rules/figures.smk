@@ -1,63 +1,54 @@
-# Figures of the active scale (params.yaml `run`, or --config scale=NAME).
+# Figures: fig2 of the active scale (params.yaml `run`, or --config scale=NAME); fig1
+# trains its two small models per scale and is published for the active one.
 
 
 rule fig2:
     input:
-        tables=logp_tables,
-        metrics=f"results/{SCALE}/fig2_metrics.json",
-        code=code("fig2"),
+        **inputs("fig2"),
     output:
-        "figures/fig2.pdf",
+        **outputs("fig2"),
     params:
         reads=reads("fig2"),
     conda:
         CONDA_ENV
     log:
-        "logs/fig2.log",
-    threads: 1
+        log_of("fig2"),
+    threads: res("fig2", "threads")
     resources:
-        mem_mb=res("light", "mem_mb"),
-        runtime=res("light", "runtime"),
+        **resources_of("fig2"),
     shell:
-        f"dsm fig2 --params params.yaml --scale {SCALE}"
-        f" --logp results/{SCALE}/logp"
-        " --metrics {input.metrics} --out {output} 2> {log}"
+        shell_of("fig2")
 
 
 rule fig1:
     input:
-        code=code("fig1"),
+        **inputs("fig1"),
     output:
-        pdf="results/{scale}/fig1/fig1.pdf",
-        metrics="results/{scale}/fig1/metrics.json",
+        **outputs("fig1"),
     params:
         reads=reads("fig1"),
     conda:
         CONDA_ENV
     log:
-        "logs/{scale}/fig1.log",
+        log_of("fig1"),
     benchmark:
-        "benchmarks/{scale}/fig1.tsv"
-    threads: res("train", "threads")
+        benchmark_of("fig1")
+    threads: res("fig1", "threads")
     resources:
-        mem_mb=res("train", "mem_mb"),
-        runtime=res("train", "runtime"),
-        gpu=res("train", "gpu", 0),
+        **resources_of("fig1"),
     shell:
-        # exec: SIGTERM reaches `dsm fig1`, whose training runs checkpoint (see train.smk)
-        "exec dsm fig1 --params params.yaml --scale {wildcards.scale}"
-        " --out results/{wildcards.scale}/fig1 2> {log}"
+        shell_of("fig1")
 
 
 rule publish_fig1:
     input:
-        f"results/{SCALE}/fig1/fig1.pdf",
+        **inputs("publish_fig1"),
     output:
-        "figures/fig1.pdf",
+        **outputs("publish_fig1"),
     conda:
         CONDA_ENV
     log:
-        "logs/publish_fig1.log",
+        log_of("publish_fig1"),
     threads: 1
     shell:
-        "cp {input} {output} 2> {log}"
+        shell_of("publish_fig1")

@@ -1,33 +1,25 @@
 # Training: one job per (N, split). The run directory also holds checkpoints/,
 # metrics.jsonl and config.json, which are not outputs: a killed or preempted job
-# that is rerun resumes from its latest checkpoint.
+# that is rerun resumes from its latest checkpoint. The command is `exec`ed, so a
+# SIGTERM from SLURM (preemption, --signal before the time limit) reaches the trainer,
+# which checkpoints and exits non-zero for the retry to resume.
 
 
 rule train:
     input:
-        data="data/{scale}/images",
-        splits="data/{scale}/splits.parquet",
-        code=code("train"),
+        **inputs("train"),
     output:
-        "models/{scale}/N{N}-{split}/model.pt",
+        **outputs("train"),
     params:
         reads=reads("train"),
     conda:
         CONDA_ENV
     log:
-        "logs/{scale}/train/N{N}-{split}.log",
+        log_of("train"),
     benchmark:
-        "benchmarks/{scale}/train/N{N}-{split}.tsv"
+        benchmark_of("train")
     threads: res("train", "threads")
     resources:
-        mem_mb=res("train", "mem_mb"),
-        runtime=res("train", "runtime"),
-        gpu=res("train", "gpu", 0),
-    # `exec`: the shell is replaced by `dsm train`, so a SIGTERM from SLURM (preemption,
-    # --signal before the time limit) reaches the trainer, which checkpoints and exits
-    # non-zero for the retry to resume; a wrapping bash would die at once instead.
+        **resources_of("train"),
     shell:
-        "exec dsm train --params params.yaml --scale {wildcards.scale}"
-        " --data {input.data} --splits {input.splits}"
-        " --N {wildcards.N} --split {wildcards.split}"
-        " --out models/{wildcards.scale}/N{wildcards.N}-{wildcards.split} 2> {log}"
+        shell_of("train")

@@ -1,0 +1,159 @@
+"""The stage table rendered for each tool: Snakemake rule fields, and dvc.yaml.
+
+Commands are written once in neutral syntax (:meth:`Stage.full_command`) and rendered:
+
+============  =====================  ===================================
+placeholder   Snakemake shell        dvc.yaml
+============  =====================  ===================================
+``{scale}``   ``{wildcards.scale}``  ``${run.name}``
+              (the active scale for
+              stages without it)
+``{N}``       ``{wildcards.N}``      ``${item.N}`` (matrix)
+``{input.x}`` ``{input.x}``          input x's path, rendered
+============  =====================  ===================================
+
+``dsm sync dvc-yaml`` writes :func:`dvc_yaml_text` to ``dvc.yaml``; a test fails when
+the committed file differs from it.
+"""
+
+from __future__ import annotations
+
+from dsm.pipeline.stages import (MODEL_WILDCARDS, PARAMS_FILE, SPLITS, STAGES, Each, Stage,
+                                 _PLACEHOLDER)
+
+# --- Snakemake ------------------------------------------------------------------------
+
+
+def _fill(text: str, mapping) -> str:
+    return _PLACEHOLDER.sub(lambda m: mapping(m.group(1)), text)
+
+
+def smk_pattern(stage: Stage, pattern: str, active: str) -> str:
+    """A path pattern for a rule: ``{scale}`` stays a wildcard where the stage has it,
+    else it is the active scale."""
+    return _fill(pattern, lambda k: active if k == "scale" and "scale" not in stage.wildcards
+                 else "{" + k + "}")
+
+
+def smk_shell(stage: Stage, active: str) -> str:
+    """The rule's ``shell:`` (stderr to the rule's log)."""
+    def sub(key: str) -> str:
+        if key in ("scale", *MODEL_WILDCARDS):
+            return f"{{wildcards.{key}}}" if key in stage.wildcards else active
+        return "{" + key + "}"
+
+    cmd = _fill(stage.full_command(), sub)
+    return f"{'exec ' if stage.exec_ else ''}{cmd} 2> {{log}}"
+
+
+def smk_inputs(stage: Stage, scales: dict, active: str, root=".") -> dict:
+    """Named inputs: fixed patterns, functions of the wildcards for :class:`Each`, and
+    ``code`` (the computed code dependencies)."""
+    out = {}
+    for name, p in stage.inputs.items():
+        if isinstance(p, Each):
+            out[name] = _each(stage, p.pattern, scales, active)
+        else:
+            out[name] = smk_pattern(stage, p, active)
+    out["code"] = stage.code(root)
+    return out
+
+
+def _each(stage: Stage, pattern: str, scales: dict, active: str):
+    def files(wildcards):
+        scale = wildcards.scale if "scale" in stage.wildcards else active
+        ns = scales[scale]["split"]["N"]
+        return [pattern.format(scale=scale, N=n, split=s) for n in ns for s in SPLITS]
+
+    return files
+
+
+def smk_outputs(stage: Stage, active: str, directory) -> dict:
+    return {name: directory(smk_pattern(stage, p, active)) if name in stage.directories
+            else smk_pattern(stage, p, active) for name, p in stage.outputs.items()}
+
+
+def smk_params(stage: Stage, scale_of, get):
+    """``params: reads=...``: the resolved values of the keys the stage reads."""
+    def params(wildcards):
+        cfg = scale_of(wildcards)
+        return {key: get(cfg, key) for key in stage.reads}
+
+    return params
+
+
+# --- DVC --------------------------------------------------------------------------------
+
+
+def _dvc(stage: Stage, text: str) -> str:
+    def sub(key: str) -> str:
+        if key == "scale":
+            return "${run.name}"
+        if key in MODEL_WILDCARDS:
+            return "${item." + key + "}"
+        kind, _, name = key.partition(".")
+        paths = stage.inputs if kind == "input" else stage.outputs
+        p = paths[name]
+        return _dvc(stage, p.dvc_dir if isinstance(p, Each) else p)
+
+    return _fill(text, sub)
+
+
+def dvc_stage(stage: Stage, root=".") -> dict:
+    """The stage as a dvc.yaml entry (a plain dict, in dvc.yaml's key order)."""
+    entry: dict = {}
+    if stage.per_model:
+        entry["matrix"] = {"N": "${run.split.N}", "split": list(SPLITS)}
+    entry["cmd"] = _dvc(stage, stage.full_command())
+    deps = [_dvc(stage, p.dvc_dir if isinstance(p, Each) else p) for p in stage.inputs.values()]
+    deps += stage.code(root)
+    if deps:
+        entry["deps"] = deps
+    if stage.reads:
+        entry["params"] = [f"run.{k}" for k in stage.reads]
+    entry["outs"] = [_dvc(stage, p) for p in stage.outputs.values()]
+    return entry
+
+
+HEADER = """\
+# GENERATED from the stage table (dsm/pipeline/stages.py) by `dsm sync dvc-yaml`; do
+# not edit: change the table and regenerate (tests/test_pipeline_stages.py fails when
+# this file differs from the table). The same stages, commands, parameters and code
+# dependencies as the Snakemake rules (workflow/rules/*.smk), for the active scale
+# `run` of params.yaml.
+#
+#   dvc repro                  # everything of the active scale, incrementally
+#   dsm sync dvc               # after a Snakemake run: adopt its outputs into dvc.lock
+#   dsm sync snakemake         # after dvc pull/checkout/repro: make Snakemake agree
+"""
+
+
+def dvc_yaml_text(root=".") -> str:
+    """The whole dvc.yaml, deterministic text."""
+    import yaml
+
+    from dsm.pipeline.stages import METRICS, PLOTS
+
+    doc = {"stages": {s.name: dvc_stage(s, root) for s in STAGES.values()},
+           "metrics": [_dvc(STAGES["fig2"], m) for m in METRICS],
+           "plots": [{_dvc(STAGES["fig2"], path): spec} for path, spec in PLOTS]}
+    body = yaml.safe_dump(doc, sort_keys=False, width=100, default_flow_style=False)
+    return HEADER + "\n" + body
+
+
+def write_dvc_yaml(root=".") -> bool:
+    """Regenerate ``root/dvc.yaml``; True if it changed."""
+    from pathlib import Path
+
+    from dsm.io import write_text
+
+    path = Path(root) / "dvc.yaml"
+    text = dvc_yaml_text(root)
+    if path.is_file() and path.read_text() == text:
+        return False
+    write_text(path, text)
+    return True
+
+
+__all__ = ["smk_shell", "smk_inputs", "smk_outputs", "smk_params", "smk_pattern", "dvc_stage",
+           "dvc_yaml_text", "write_dvc_yaml", "PARAMS_FILE"]

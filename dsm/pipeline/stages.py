@@ -1,0 +1,204 @@
+"""The stage table: every pipeline stage written once.
+
+Snakemake (``workflow/rules/*.smk``, one thin rule per stage) and DVC (``dvc.yaml``,
+generated from this table by ``dsm sync dvc-yaml``) both read it, so the two cannot
+disagree about a stage's command, inputs, outputs, parameters or code.
+
+A :class:`Stage` names
+
+* ``name``: the Snakemake rule, the DVC stage and (for ``dsm`` stages) the subcommand;
+* ``entry``: the module whose ``<name>_from_params`` the subcommand calls; the stage's
+  **code dependencies** are the files of its import closure (:mod:`dsm.pipeline.codedeps`),
+  computed, never written by hand;
+* ``reads``: the keys of the scale section it reads (``a.b`` = key b of section a): its
+  parameter dependencies (Snakemake ``params:``, DVC ``params: [run.a.b]``);
+* ``inputs``/``outputs``: path patterns in the wildcards ``{scale}``, ``{N}``, ``{split}``;
+  an :class:`Each` input stands for one file per (N, split) of the scale (DVC: its directory);
+* ``args``: the command line after ``dsm <name> --params params.yaml --scale {scale}``, with
+  ``{input.x}``/``{output.x}`` for the named paths and the wildcards;
+* ``resources``: the group of the scale's ``resources:`` section (threads, memory, time,
+  GPUs); the group's ``threads`` is also the stage's torch thread count (dsm.runtime).
+
+Wildcards: a stage whose outputs contain ``{N}`` and ``{split}`` runs once per model
+(Snakemake wildcards, DVC ``matrix``). A stage whose outputs do not contain ``{scale}``
+(the figures) belongs to the active scale (params.yaml ``run``, or Snakemake's
+``--config scale=NAME``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsm.pipeline.codedeps import code_files
+
+PARAMS_FILE = "params.yaml"
+SPLITS = ("A", "B")
+MODEL_WILDCARDS = ("N", "split")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+
+
+@dataclass(frozen=True)
+class Each:
+    """An input that is one file per model (N × split) of the scale: ``pattern`` expanded.
+    DVC cannot expand lists in ``deps:``, so it depends on ``dvc_dir``, which must hold
+    exactly those files."""
+
+    pattern: str
+    dvc_dir: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    entry: str | None
+    reads: tuple[str, ...]
+    inputs: dict
+    outputs: dict
+    args: str
+    resources: str
+    command: str | None = None        # a shell command other than `dsm <name> ...`
+    directories: tuple[str, ...] = ()  # output names that are directories
+    exec_: bool = False               # `exec` the command: SIGTERM reaches it (training)
+    benchmark: bool = False           # heavy stage: Snakemake `benchmark:`
+    doc: str = ""
+
+    # --- derived --------------------------------------------------------------------
+    @property
+    def wildcards(self) -> tuple[str, ...]:
+        found = set()
+        for p in self.outputs.values():
+            found |= set(_PLACEHOLDER.findall(p))
+        return tuple(w for w in ("scale", *MODEL_WILDCARDS) if w in found)
+
+    @property
+    def per_model(self) -> bool:
+        return all(w in self.wildcards for w in MODEL_WILDCARDS)
+
+    def code(self, root=".") -> list[str]:
+        """The stage's code dependencies: files of its entry module's import closure."""
+        return code_files(self.entry, root) if self.entry else []
+
+    def full_command(self) -> str:
+        """The command in neutral syntax ({input.x}, {output.x}, {scale}, {N}, {split})."""
+        if self.command is not None:
+            return self.command
+        return f"dsm {self.name} --params {PARAMS_FILE} --scale {{scale}} {self.args}".strip()
+
+    def log(self) -> str:
+        return self._under("logs", ".log")
+
+    def benchmark_file(self) -> str:
+        return self._under("benchmarks", ".tsv")
+
+    def _under(self, top: str, suffix: str) -> str:
+        scale = "{scale}/" if "scale" in self.wildcards else ""
+        model = "/N{N}-{split}" if self.per_model else ""
+        return f"{top}/{scale}{self.name}{model}{suffix}"
+
+
+MODEL = "models/{scale}/N{N}-{split}/model.pt"
+IMAGES = "data/{scale}/images"
+SPLITS_FILE = "data/{scale}/splits.parquet"
+NORM = "results/{scale}/norm/N{N}-{split}.json"
+LOGP = "results/{scale}/logp/N{N}-{split}.parquet"
+LOGP_DIR = "results/{scale}/logp"
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage(
+        name="prepare", entry="dsm.data.prepare", reads=("data",),
+        inputs={}, outputs={"images": IMAGES}, directories=("images",),
+        args="--out {output.images}", resources="data", benchmark=True,
+        doc="prepare the data source into the image store (train/ and test/ parts)"),
+    Stage(
+        name="split", entry="dsm.data.splits", reads=("split",),
+        inputs={"data": IMAGES}, outputs={"splits": SPLITS_FILE},
+        args="--data {input.data} --out {output.splits}", resources="light",
+        doc="the disjoint nested A/B training sets for every N"),
+    Stage(
+        name="train", entry="dsm.train", reads=("model", "train", "resources.train.threads"),
+        inputs={"data": IMAGES, "splits": SPLITS_FILE}, outputs={"model": MODEL},
+        args="--data {input.data} --splits {input.splits} --N {N} --split {split}"
+             " --out models/{scale}/N{N}-{split}",
+        resources="train", exec_=True, benchmark=True,
+        doc="train one energy model on the N images of set A or B (resumes when rerun)"),
+    Stage(
+        name="normalize", entry="dsm.evaluate",
+        reads=("evaluate.n_norm", "evaluate.batch_size", "evaluate.noise_seed",
+               "resources.evaluate.threads"),
+        inputs={"model": MODEL, "data": IMAGES}, outputs={"norm": NORM},
+        args="--model {input.model} --data {input.data} --out {output.norm}",
+        resources="evaluate", benchmark=True,
+        doc="the model's normalization constant from held-out images at t_max"),
+    Stage(
+        name="evaluate", entry="dsm.evaluate",
+        reads=("evaluate.max_per_set", "evaluate.batch_size", "resources.evaluate.threads"),
+        inputs={"model": MODEL, "norm": NORM, "data": IMAGES, "splits": SPLITS_FILE},
+        outputs={"logp": LOGP},
+        args="--model {input.model} --norm {input.norm} --data {input.data}"
+             " --splits {input.splits} --N {N} --split {split} --out {output.logp}",
+        resources="evaluate", benchmark=True,
+        doc="per-image log p of the model on its own, the other set's and test images"),
+    Stage(
+        name="compare", entry="dsm.analysis.generalization", reads=("split",),
+        inputs={"tables": Each(LOGP, LOGP_DIR)},
+        outputs={"metrics": "results/{scale}/fig2_metrics.json", "by_n": "results/{scale}/fig2_by_N.csv"},
+        args=f"--logp {LOGP_DIR} --out {{output.metrics}} --by-n {{output.by_n}}", resources="light",
+        doc="Figure 2's metrics: do the A and B models agree, per N"),
+    Stage(
+        name="fig2", entry="dsm.figures.fig2", reads=("figures.fig2",),
+        inputs={"tables": Each(LOGP, LOGP_DIR), "metrics": "results/{scale}/fig2_metrics.json"},
+        outputs={"pdf": "figures/fig2.pdf"},
+        args=f"--logp {LOGP_DIR} --metrics {{input.metrics}} --out {{output.pdf}}", resources="light",
+        doc="Figure 2: log p_A against log p_B per N"),
+    Stage(
+        name="fig1", entry="dsm.figures.fig1", reads=("fig1",),
+        inputs={}, outputs={"pdf": "results/{scale}/fig1/fig1.pdf",
+                            "metrics": "results/{scale}/fig1/metrics.json"},
+        args="--out results/{scale}/fig1", resources="train", exec_=True, benchmark=True,
+        doc="Figure 1: single vs dual score matching on a Gaussian scale mixture (trains 2 models)"),
+    Stage(
+        name="publish_fig1", entry=None, reads=(),
+        inputs={"pdf": "results/{scale}/fig1/fig1.pdf"}, outputs={"pdf": "figures/fig1.pdf"},
+        args="", command="cp {input.pdf} {output.pdf}", resources="light",
+        doc="Figure 1 of the active scale under figures/"),
+]}
+
+# What `snakemake all` (and the README's `make figures`) builds: the paper's figures.
+TARGETS = ("figures/fig1.pdf", "figures/fig2.pdf")
+
+
+def stage(name: str) -> Stage:
+    return STAGES[name]
+
+
+def check_table(root=".") -> None:
+    """Consistency of the table itself (a test runs it): every input is produced by an
+    earlier stage or is a file of the repository; entry modules exist; placeholders of
+    commands name existing inputs and outputs."""
+    produced: dict[str, str] = {}
+    for s in STAGES.values():
+        if s.entry is not None and not s.code(root):
+            raise ValueError(f"stage {s.name}: entry module {s.entry} not found")
+        for name, p in s.inputs.items():
+            pattern = p.pattern if isinstance(p, Each) else p
+            if pattern not in produced:
+                raise ValueError(f"stage {s.name}: input {name} = {pattern} is no earlier stage's output")
+        for ref in _PLACEHOLDER.findall(s.full_command()):
+            kind, _, key = ref.partition(".")
+            if kind == "input" and key not in s.inputs or kind == "output" and key not in s.outputs:
+                raise ValueError(f"stage {s.name}: command names unknown {ref}")
+        for p in s.outputs.values():
+            if p in produced:
+                raise ValueError(f"stage {s.name}: output {p} is also produced by {produced[p]}")
+            produced[p] = s.name
+    if not Path(root, PARAMS_FILE).is_file():
+        raise ValueError(f"{PARAMS_FILE} not found under {root}")
+
+
+# DVC: files shown by `dvc metrics show/diff`, and `dvc plots show` (path, plot spec).
+METRICS = ("results/{scale}/fig2_metrics.json", "results/{scale}/fig1/metrics.json")
+PLOTS = (("results/{scale}/fig2_by_N.csv",
+          {"x": "N", "y": ["rms_db", "pearson_r"],
+           "title": "Figure 2: A vs B disagreement on training images against N"}),)
