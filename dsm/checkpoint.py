@@ -108,8 +108,8 @@ def save_checkpoint(out_dir, step: int, payload: dict, keep: int = 3) -> Path:
     cdir = checkpoint_dir(out_dir)
     path = cdir / f"step_{step:08d}.pt"
     payload = {"format": FORMAT, "step": int(step), **payload}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)   # through a file object: bytes independent of the temp name
     write_text(cdir / POINTER, path.name + "\n")
     for _, old in list_checkpoints(out_dir)[: -max(1, keep)]:
         if old != path:

@@ -23,9 +23,9 @@ def _add_params_options(p: argparse.ArgumentParser) -> None:
 
 
 def _scale_cfg(args) -> dict:
-    from dsm.config import apply_overrides, load_scale
+    from dsm.config import load_scale
 
-    return apply_overrides(load_scale(args.params, args.scale), args.overrides)
+    return load_scale(args.params, args.scale, overrides=args.overrides)
 
 
 # --- data (issue: data sources and splits) -----------------------------------------

@@ -2,8 +2,11 @@
 
 params.yaml holds one complete section per scale under ``scales:`` and the switch
 ``run: *<scale>`` (a YAML alias of one of them), which DVC and Snakemake both read.
-``load_scale`` returns the resolved section of one scale as a plain dict, validated
-against ``workflow/schemas/params.schema.yaml`` when that schema is present.
+``load_scale`` returns the resolved section of one scale as a plain dict: the file is
+validated against ``workflow/schemas/params.schema.yaml``, ``--set`` overrides are
+applied, the section is validated again (so an override gets the same errors as the
+file) and missing keys take the schema's ``default:`` values. The schema is the only
+place defaults live (:func:`section_defaults` reads them for library callers).
 """
 
 from __future__ import annotations
@@ -36,21 +39,55 @@ def read_yaml(path) -> dict:
     return data
 
 
-def load_scale(params_path="params.yaml", scale: str | None = None, validate: bool = True) -> dict:
-    """The parameter section of ``scale`` (default: the active one, ``run``)."""
+def load_scale(params_path="params.yaml", scale: str | None = None, validate: bool = True,
+               overrides=()) -> dict:
+    """The resolved parameter section of ``scale`` (default: the active one, ``run``),
+    with ``overrides`` (``key.sub=value`` strings) applied, validated, defaults filled."""
     params = read_yaml(params_path)
     if validate:
         validate_params(params, source=str(params_path))
     if scale is None:
         if "run" not in params:
             raise DsmError(f"{params_path}: key 'run' missing (the active scale)")
-        return copy.deepcopy(params["run"])
-    scales = params.get("scales") or {}
-    if scale not in scales:
-        raise DsmError(
-            f"{params_path}: scales.{scale}: unknown scale (known: {', '.join(sorted(scales))})"
-        )
-    return copy.deepcopy(scales[scale])
+        section, where = params["run"], "run"
+    else:
+        scales = params.get("scales") or {}
+        if scale not in scales:
+            raise DsmError(
+                f"{params_path}: scales.{scale}: unknown scale (known: {', '.join(sorted(scales))})"
+            )
+        section, where = scales[scale], f"scales.{scale}"
+    cfg = apply_overrides(section, overrides)
+    if validate and overrides:
+        validate_section(cfg, f"--set ({params_path}, {where})")
+    return fill_defaults(cfg)
+
+
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _first_error(validator, instance, source: str, prefix: str = "") -> None:
+    # `run` is an alias of a scale: name the scale's own key (where the user edits) first.
+    errors = sorted(validator.iter_errors(instance),
+                    key=lambda e: (list(e.absolute_path)[:1] == ["run"], [str(p) for p in e.absolute_path]))
+    if errors:
+        e = errors[0]
+        parts = [str(p) for p in e.absolute_path]
+        message = e.message
+        if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+            # name the misspelt key itself, and what is allowed there
+            known = list((e.schema.get("properties") or {}))
+            unknown = sorted(k for k in e.instance if k not in known)
+            if unknown:
+                parts.append(unknown[0])
+                message = f"unknown key (known: {', '.join(known) or 'none'})"
+        elif e.validator == "maxProperties" and e.validator_value == 0 and isinstance(e.instance, dict):
+            parts.append(sorted(e.instance)[0])
+            message = "unknown key (this section takes no options)"
+        path = ".".join(parts)
+        key = (prefix + path if path else prefix.rstrip(".")) or "<top level>"
+        raise DsmError(f"{source}: {key}: {message}")
 
 
 def validate_params(params: dict, source: str = "params.yaml") -> None:
@@ -59,16 +96,58 @@ def validate_params(params: dict, source: str = "params.yaml") -> None:
         return
     import jsonschema
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    # `run` is an alias of a scale: name the scale's own key (where the user edits) first.
-    errors = sorted(validator.iter_errors(params),
-                    key=lambda e: (list(e.absolute_path)[:1] == ["run"], [str(p) for p in e.absolute_path]))
-    if errors:
-        e = errors[0]
-        key = ".".join(str(p) for p in e.absolute_path) or "<top level>"
-        raise DsmError(f"{source}: {key}: {e.message}")
+    _first_error(jsonschema.Draft202012Validator(_schema()), params, source)
     check_params(params, source)
+
+
+def validate_section(cfg: dict, source: str) -> None:
+    """Validate one scale section (after overrides) against the schema's ``scale``."""
+    if not SCHEMA_PATH.is_file():
+        return
+    import jsonschema
+
+    schema = _schema()
+    sub = {**schema["$defs"]["scale"], "$defs": schema["$defs"]}
+    _first_error(jsonschema.Draft202012Validator(sub), cfg, source)
+    check_params({"scales": {cfg.get("name"): cfg}}, source)
+
+
+def _resolve(node: dict, defs: dict) -> dict:
+    while isinstance(node, dict) and "$ref" in node:
+        node = {**defs[node["$ref"].rsplit("/", 1)[-1]], **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _fill(instance, node: dict, defs: dict):
+    node = _resolve(node, defs)
+    if not isinstance(instance, dict):
+        return instance
+    for key, sub in (node.get("properties") or {}).items():
+        sub = _resolve(sub, defs)
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if isinstance(instance.get(key), dict):
+            _fill(instance[key], sub, defs)
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key in set(instance) - set(node.get("properties") or {}):
+            _fill(instance[key], extra, defs)
+    return instance
+
+
+def fill_defaults(cfg: dict, section: str = "scale") -> dict:
+    """A copy of ``cfg`` (a scale section, or one of its sub-sections named by its
+    ``$defs`` entry, e.g. ``"train"``) with the schema's defaults filled in."""
+    cfg = copy.deepcopy(cfg)
+    if not SCHEMA_PATH.is_file():
+        return cfg
+    schema = _schema()
+    return _fill(cfg, schema["$defs"][section], schema["$defs"])
+
+
+def section_defaults(section: str) -> dict:
+    """The schema's defaults of one ``$defs`` section (e.g. ``"fig1"``), for library callers."""
+    return fill_defaults({}, section)
 
 
 def get(cfg: dict, dotted: str, default: Any = ...) -> Any:
@@ -146,3 +225,19 @@ def check_params(params: dict, source: str = "params.yaml") -> None:
         if scales[name] != run:
             raise DsmError(f"{source}: run: differs from scales.{name}; write `run: *{name}` "
                            f"(an alias), not a copy")
+
+
+def resolve_section(given, section: str, key: str) -> dict:
+    """Validate ``given`` (a mapping or None) against the schema's ``$defs/<section>`` and
+    fill its defaults; errors name the dotted ``key`` (e.g. ``figures.fig2``). For
+    library callers that pass a partial section; pipeline commands get it resolved."""
+    given = {} if given is None else given
+    if not isinstance(given, dict):
+        raise DsmError(f"{key}: expected a mapping, got {given!r}")
+    if SCHEMA_PATH.is_file():
+        import jsonschema
+
+        schema = _schema()
+        sub = {**schema["$defs"][section], "$defs": schema["$defs"]}
+        _first_error(jsonschema.Draft202012Validator(sub), given, "params", prefix=f"{key}.")
+    return fill_defaults(given, section)

@@ -145,7 +145,7 @@ def fit(model: torch.nn.Module,
     for key in REQUIRED_KEYS:
         if key not in cfg:
             raise DsmError(f"params: key 'train.{key}' missing")
-    steps, seed = int(cfg["steps"]), int(cfg["seed"])
+    steps = int(cfg["steps"])
     t_min, t_max = float(cfg["t_min"]), float(cfg["t_max"])
     if steps < 0:
         raise DsmError(f"train.steps: expected >= 0, got {steps}")
@@ -241,6 +241,7 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitRe
         with _SignalFlag() as flag:
             for step in range(start, steps):
                 t0 = time.perf_counter()
+                # batch, noise levels and noise: all drawn from checkpointed generators
                 lr = lr_at(step, cfg["lr"], cfg["lr_halve_every"])
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -251,6 +252,7 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitRe
                 x = x.to(dev, non_blocking=non_blocking)
                 z = z.to(dev, non_blocking=non_blocking)
 
+                # forward, backward, and the guard before the update
                 optimizer.zero_grad(set_to_none=True)
                 terms = loss_fn(model, x, t, z)
                 terms["loss"].backward()
@@ -270,6 +272,7 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitRe
                         f"step {step + 1}: gradient norm is {gnorm} (loss {values['loss']:.4g}); "
                         f"stopped before the update, last good checkpoint: "
                         f"{ckpt.latest_checkpoint(out_dir)}")
+                # update
                 optimizer.step()
                 done = step + 1
                 seconds += time.perf_counter() - t0
@@ -281,6 +284,7 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitRe
 
                 # a signal during the last step just lets the run finish (nothing to resume)
                 stop = flag.signum is not None and done < steps
+                # logging
                 if done % log_every == 0 or done == steps:
                     now = time.perf_counter()
                     record = {"step": done, **{k: v / n_sum for k, v in sums.items()},
@@ -292,6 +296,7 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitRe
                     bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
                     result.last = record
                     sums, n_sum, images, t_log = {}, 0, 0, now
+                # checkpoint and termination
                 if done % checkpoint_every == 0 or done == steps or stop:
                     path = save(done)
                 result.step, result.seconds = done, seconds

@@ -44,9 +44,16 @@ def write_model_file(path, model: torch.nn.Module, model_cfg: Mapping, shape, co
         "config_sha256": config_sha256,
         "provenance": dict(provenance),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_deterministic(payload, path)
     return Path(path)
+
+
+def save_deterministic(payload, path) -> None:
+    """``torch.save`` atomically, with bytes that depend on the payload only: saved through
+    a file object, the archive's inner name is fixed (saving to a path names it after the
+    path, here a random temp name), so equal payloads give equal files and hashes."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
 
 
 def read_model_file(path) -> dict:

@@ -78,6 +78,9 @@ def normalization_constant(model, images, t_max: float, seed: int, *, entropy: s
     c_sem_nats, t_max, d, n_images, seed, entropy, entropy_nats, data_variance,
     energy_mean_nats).
     """
+    if not hasattr(model, "energy"):
+        raise DsmError(f"{type(model).__name__} has no energy (a score-only model): no normalization "
+                       f"constant; train with model.kind: energy")
     if entropy not in ENTROPIES:
         raise DsmError(f"norm_entropy: unknown value {entropy!r} (expected one of {', '.join(ENTROPIES)})")
     n, total, total_sq, shift, d = 0, 0.0, 0.0, None, None

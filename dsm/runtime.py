@@ -60,12 +60,11 @@ def stage_threads(cfg: Mapping, group: str) -> int:
     """Threads of a pipeline stage: ``resources.<group>.threads`` of the scale section.
 
     The same number is the job's core request in Snakemake and SLURM, so a stage
-    computes the same bits whichever tool runs it.
+    computes the same bits whichever tool runs it. (A library caller's section without
+    ``resources`` leaves torch's thread count as it is.)
     """
     res = ((cfg.get("resources") or {}).get(group) or {})
-    if "threads" not in res:
-        raise DsmError(f"params: key 'resources.{group}.threads' missing")
-    return use_threads(res["threads"], f"resources.{group}.threads")
+    return use_threads(res.get("threads"), f"resources.{group}.threads")
 
 
 def seed_everything(seed: int) -> None:

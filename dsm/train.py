@@ -143,7 +143,8 @@ def train_from_params(cfg: dict, data, splits, n: int, split: str, out, device=N
         "train_images_sha256": identity["data"]["train_images_sha256"],
         "splits_sha256": sha256_file(splits),
         "data": str(data), "splits": str(splits), "N": int(n), "split": split,
-        "steps": result.step, "seconds": result.seconds, **describe(dev),
-        "last_metrics": result.last,
+        "steps": result.step, **describe(dev),
+        # no timings (they are in OUT/metrics.jsonl): equal training gives equal model files
+        "last_metrics": {k: v for k, v in result.last.items() if k not in ("seconds", "images_per_s")},
     }
     return write_model_file(model_path, model, cfg["model"], shape, resolved, chash, provenance)

@@ -175,11 +175,12 @@ def test_cli_prepare_and_split(tmp_path):
 
 def test_cli_bad_input_exit_2_nothing_left(tmp_path):
     params = write_params(tmp_path / "params.yaml", FIELD)
-    # --set is applied after the schema check, so this reaches dsm.data.prepare itself
+    # --set is validated like the file: the error names the override and the key
     r = run_cli("prepare", "--params", str(params), "--out", "out", "--set", "data.field.bogus=1",
                 cwd=tmp_path)
     assert r.returncode == 2
-    assert r.stderr.strip().startswith("dsm prepare: error: data.field.bogus: unknown option")
+    assert r.stderr.strip().startswith("dsm prepare: error: --set (")
+    assert "data.field.bogus: unknown key" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     r = run_cli("split", "--params", str(params), "--data", "out", "--out", "s.parquet", cwd=tmp_path)
     assert r.returncode == 2 and "dsm prepare" in r.stderr

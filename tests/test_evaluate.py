@@ -18,8 +18,10 @@ import torch
 
 from dsm import units
 from dsm.errors import DsmError
-from dsm.evaluate import (ParquetStream, denoise, energy, evaluate_images, image_noise,
-                          log_density, normalization_constant, row_schema, space_score, time_score)
+from dsm.evaluate import (ParquetStream, denoise, energy, evaluate_images, log_density, row_schema,
+                          space_score, time_score)
+from dsm.normalization import normalization_constant
+from dsm.runtime import image_noise
 
 
 class Gaussian(torch.nn.Module):
@@ -244,7 +246,8 @@ def test_evaluate_rejects_stale_norm_and_wrong_model(pipeline, tmp_path):
 
 
 def test_train_from_params_model_file_and_noop(pipeline, capsys):
-    from dsm.train import load_model, train_from_params
+    from dsm.modelfile import load_model
+    from dsm.train import train_from_params
 
     cfg, root, data, model = pipeline
     net, payload = load_model(model)
@@ -261,7 +264,8 @@ def test_train_from_params_model_file_and_noop(pipeline, capsys):
 def test_train_from_params_retrains_on_param_change(pipeline, tmp_path, capsys):
     import shutil
 
-    from dsm.train import read_model_file, train_from_params
+    from dsm.modelfile import read_model_file
+    from dsm.train import train_from_params
 
     cfg, root, data, model = pipeline
     out = tmp_path / "model_A"

@@ -14,6 +14,7 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from dsm.data import gsm as gsm_mod
+from dsm.normalization import normalization_constant
 from dsm.data.gsm import GaussianScaleMixture
 from dsm.errors import DsmError
 from dsm.figures import fig1
@@ -211,13 +212,17 @@ def test_normalization_constant_of_an_exact_model():
     m.sig2, m.logw = m.sig2.float(), m.logw.float()
     x = torch.from_numpy(g1.sample(2000, seed=0))
     se = math.sqrt(1000 / 2) / math.sqrt(2000)  # std of U is sqrt(d/2) nats
-    c_iso = fig1.normalization_constant(m, x, 100.0, seed=1, entropy="isotropic")
+    c_iso = normalization_constant(m, x, 100.0, seed=1, entropy="isotropic")["c_nats"]
     assert abs(c_iso - 500 * math.log(100.0 / 101.0)) < 4 * se + 0.05, c_iso
-    c_var = fig1.normalization_constant(m, x, 100.0, seed=1, entropy="data_variance")
+    r = normalization_constant(m, x, 100.0, seed=1, entropy="data_variance")
+    c_var = r["c_nats"]
     assert abs(c_var) < 4 * se + 0.05 + 500 * 0.01 / 101, c_var  # v̂ within 1 % of σ² = 1
-    assert c_var - c_iso == pytest.approx(500 * math.log(1 + float(x.double().var()) / 100), rel=1e-3)
+    xd = x.double()
+    v = float(((xd - xd.mean(0)) ** 2).mean())       # per-dimension variance, averaged
+    assert r["data_variance"] == pytest.approx(v, rel=1e-9)
+    assert c_var - c_iso == pytest.approx(500 * math.log(1 + v / 100), rel=1e-9)
     with pytest.raises(DsmError, match="norm_entropy"):
-        fig1.normalization_constant(m, x, 100.0, seed=1, entropy="gaussian")
+        normalization_constant(m, x, 100.0, seed=1, entropy="gaussian")
 
 
 # --- metrics --------------------------------------------------------------------------

@@ -197,7 +197,7 @@ def test_log_embedding_is_finite_at_zero_and_resolves_small_t():
 def test_log_embedding_floor_maps_t0_into_the_trained_range():
     """t = 0 (the one-shot log p) must look like t_min, not like a t never trained on."""
     from dsm.nets import build_model
-    from dsm.train import resolve_model_cfg
+    from dsm.modelfile import resolve_model_cfg
 
     t_min = 1e-6
     emb = NoiseEmbedding("log", log_t_floor=t_min).double()

@@ -7,7 +7,6 @@ lists them, so uncommitted work is tested and outputs are not copied).
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 import shutil
@@ -42,8 +41,9 @@ def env() -> dict:
     return e
 
 
-def run(cmd, cwd, check=True, timeout=600) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+def run(cmd, cwd, check=True, timeout=600, extra_env=None) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True,
+                         text=True, timeout=timeout)
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} failed ({res.returncode}):\n"
                              f"{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
@@ -54,8 +54,8 @@ def snakemake(args, cwd, check=True, timeout=600) -> subprocess.CompletedProcess
     return run([tool("snakemake"), *args], cwd, check=check, timeout=timeout)
 
 
-def dvc(args, cwd, check=True, timeout=600) -> subprocess.CompletedProcess:
-    return run([tool("dvc"), *args], cwd, check=check, timeout=timeout)
+def dvc(args, cwd, check=True, timeout=600, extra_env=None) -> subprocess.CompletedProcess:
+    return run([tool("dvc"), *args], cwd, check=check, timeout=timeout, extra_env=extra_env)
 
 
 def working_tree_files() -> list[str]:
@@ -167,12 +167,6 @@ def dry_run_jobs(repo: Path, targets=("all",), config=()) -> list[dict]:
     return jobs
 
 
-def smk_literal(name: str, path: Path = REPO / "workflow/rules/common.smk"):
-    """A literal assigned at the top level of a .smk file (e.g. READS), by ast."""
-    text = path.read_text()
-    m = re.search(rf"(?ms)^{name} = (\{{.*?^\}})", text)
-    assert m, f"{name} not found in {path}"
-    return ast.literal_eval(m.group(1))
 
 
 def fake_complete(repo: Path, targets=("all",), config=()) -> list[str]:

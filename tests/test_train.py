@@ -20,7 +20,9 @@ import torch
 
 from dsm import checkpoint as ckpt
 from dsm.errors import DsmError
-from dsm.train import FitResult, ImageBatches, configure_threads, fit, lr_at, resolve_device
+from dsm.fit import FitResult, fit, lr_at
+from dsm.runtime import resolve_device, use_threads
+from dsm.train import ImageBatches
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,7 +31,8 @@ SETUP = textwrap.dedent("""
     import time
     import torch
     from dsm.nets import build_model
-    from dsm.train import fit, seed_everything
+    from dsm.fit import fit
+    from dsm.runtime import seed_everything
 
     MODEL_CFG = {"kind": "energy", "widths": [4, 8], "mid_width": 8, "layers_per_block": 2,
                  "activation": "gelu", "embedding": "log"}
@@ -91,10 +94,13 @@ def test_device_and_threads(monkeypatch):
         with pytest.raises(DsmError, match="CUDA is not available"):
             resolve_device("cuda")
     before = torch.get_num_threads()
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert configure_threads(None) == 1
-    with pytest.raises(DsmError, match="train.threads"):
-        configure_threads("many")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")    # the environment is not consulted
+    assert use_threads(1, "resources.train.threads") == 1 and torch.get_num_threads() == 1
+    assert use_threads(None) == 1                   # None: leave as is
+    with pytest.raises(DsmError, match="resources.train.threads"):
+        use_threads("many", "resources.train.threads")
+    with pytest.raises(DsmError, match="positive"):
+        use_threads(0)
     torch.set_num_threads(before)
 
 

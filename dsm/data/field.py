@@ -41,8 +41,6 @@ import torch
 from dsm.errors import DsmError
 
 BLOCK = 4096
-DEFAULTS = {"alpha": 2.0, "f0": 1.0, "std": 0.1, "scales": [0.5, 1.0, 2.0],
-            "weights": [0.25, 0.5, 0.25], "mean": 0.5, "seed": 0}
 DEFAULT_IMAGE_SIZE = 16
 PART_CODE = {"train": 0, "test": 1}
 

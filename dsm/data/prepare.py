@@ -27,7 +27,6 @@ flips are a training-time augmentation and are not baked in.
 
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 
@@ -35,71 +34,25 @@ from dsm.data.convert import LUMA  # noqa: F401  (re-exported: the grayscale wei
 from dsm.errors import DsmError
 
 SOURCES = ("field", "gsm", "fashion-mnist", "imagenet64", "cifar10", "folder")
-COMMON = {"source": "field", "root": None, "image_size": None, "channels": None,
-          "n_train": None, "n_test": None}
-GSM_DEFAULTS = {"d": 1000, "sigmas": [1.0, 4.0], "weights": [0.5, 0.5], "seed": 0}
-FOLDER_DEFAULTS = {"test_fraction": 0.1}
-
-
-def _source_defaults(source: str) -> dict:
-    if source == "field":
-        from dsm.data.field import DEFAULTS
-
-        return DEFAULTS
-    return {"gsm": GSM_DEFAULTS, "folder": FOLDER_DEFAULTS}.get(source, {})
+COMMON = ("source", "root", "image_size", "channels", "n_train", "n_test")
+# sources with options of their own (a `$defs` entry of the schema each)
+OPTIONS = ("field", "gsm", "folder")
 
 
 def resolve(data_cfg: dict | None) -> dict:
-    """The data params with defaults filled in and types checked; errors name the key."""
-    cfg = copy.deepcopy(data_cfg or {})
-    if not isinstance(cfg, dict):
-        raise DsmError(f"data: expected a mapping, got {type(data_cfg).__name__}")
-    for key in cfg:
-        if key not in COMMON and key not in SOURCES:
-            raise DsmError(f"data.{key}: unknown option (known: {', '.join(list(COMMON) + list(SOURCES))})")
-    out = {k: cfg.get(k, v) for k, v in COMMON.items()}
+    """The data params validated against the schema, with its defaults filled in, reduced
+    to the common keys and the active source's own section; errors name the key."""
+    from dsm.config import resolve_section
+
+    cfg = resolve_section(data_cfg, "data", "data")
+    out = {k: cfg.get(k) for k in COMMON}
     src = out["source"]
-    if src not in SOURCES:
-        raise DsmError(f"data.source: unknown source {src!r} (known: {', '.join(SOURCES)})")
-    for key in ("image_size", "n_train", "n_test"):
-        v = out[key]
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise DsmError(f"data.{key}: expected a positive integer or null, got {v!r}")
-    if out["channels"] not in (None, 1, 3):
-        raise DsmError(f"data.channels: expected 1, 3 or null, got {out['channels']!r}")
-    if out["root"] is not None and not isinstance(out["root"], str):
-        raise DsmError(f"data.root: expected a path string or null, got {out['root']!r}")
-    sub = cfg.get(src) or {}
-    if not isinstance(sub, dict):
-        raise DsmError(f"data.{src}: expected a mapping, got {sub!r}")
-    defaults = _source_defaults(src)
-    for key in sub:
-        if key not in defaults:
-            known = ", ".join(defaults) or "none"
-            raise DsmError(f"data.{src}.{key}: unknown option for source {src} (known: {known})")
-    resolved = copy.deepcopy(defaults)
-    resolved.update(sub)
-    for key, default in defaults.items():
-        _check_type(f"data.{src}.{key}", resolved[key], default)
-    out[src] = resolved
+    out[src] = resolve_section(cfg.get(src), src, f"data.{src}") if src in OPTIONS else {}
     if src == "field" and out["image_size"] is None:
         from dsm.data.field import DEFAULT_IMAGE_SIZE
 
         out["image_size"] = DEFAULT_IMAGE_SIZE      # resolved, so null and 16 hash alike
     return out
-
-
-def _check_type(key, value, default):
-    num = (int, float)
-    if isinstance(default, list):
-        if not isinstance(value, list) or not all(isinstance(v, num) and not isinstance(v, bool) for v in value):
-            raise DsmError(f"{key}: expected a list of numbers, got {value!r}")
-    elif isinstance(default, int) and not isinstance(default, bool):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise DsmError(f"{key}: expected an integer, got {value!r}")
-    elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, num):
-            raise DsmError(f"{key}: expected a number, got {value!r}")
 
 
 def params_hash(cfg: dict) -> str:

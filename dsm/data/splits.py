@@ -38,25 +38,12 @@ import numpy as np
 
 from dsm.errors import DsmError
 
-DEFAULT_N = [1, 10, 100, 1000, 10000, 100000]
-DEFAULTS = {"N": DEFAULT_N, "on_duplicate": "warn"}
-
-
 def resolve(split_cfg: dict | None) -> dict:
-    cfg = dict(split_cfg or {})
-    for key in cfg:
-        if key not in DEFAULTS:
-            raise DsmError(f"split.{key}: unknown option (known: {', '.join(DEFAULTS)})")
-    out = {k: cfg.get(k, v) for k, v in DEFAULTS.items()}
-    Ns = out["N"]
-    if (not isinstance(Ns, list) or not Ns
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in Ns)):
-        raise DsmError(f"split.N: expected a non-empty list of positive integers, got {Ns!r}")
-    if len(set(Ns)) != len(Ns):
-        raise DsmError(f"split.N: values must be distinct, got {Ns}")
-    out["N"] = sorted(Ns)
-    if out["on_duplicate"] not in ("warn", "error"):
-        raise DsmError(f"split.on_duplicate: expected 'warn' or 'error', got {out['on_duplicate']!r}")
+    """The ``split`` params validated against the schema, defaults filled, N sorted."""
+    from dsm.config import resolve_section
+
+    out = resolve_section(split_cfg, "split", "split")
+    out["N"] = sorted(out["N"])
     return out
 
 

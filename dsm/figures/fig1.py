@@ -35,52 +35,28 @@ import torch
 from dsm import units
 from dsm.data.gsm import GaussianScaleMixture
 from dsm.errors import DsmError
+from dsm.figures.output import save_figure
 from dsm.io import code_version, write_json, write_text
 from dsm.nets.gsm_mlp import GSMMLPEnergy
 from dsm.normalization import normalization_constant
 from dsm.objectives import dual_score_matching_loss
 
-# The paper's setting (METHOD.md §7); every key can be set in the scale's `fig1:` section.
-DEFAULTS = {
-    "d": 1000, "sigmas": [1.0, 4.0], "weights": [0.5, 0.5],
-    "n": 100_000,                 # training samples (a fixed finite set, sampled with replacement)
-    "n_norm": 10_000,             # held-out samples for the normalization constant
-    "steps": 20_000, "batch_size": 512, "lr": 1.0e-4, "lr_halve_every": 2_000,
-    "t_min": 1.0e-2, "t_max": 1.0e2,   # training range of t; t_min is also the feature offset
-    "width": 256, "layers": 5,
-    "seed": 0,                    # data (seed), held-out data (seed + 1), init and batches (seed)
-    "t_eval": None,               # t at which the model is read as log p(x) (None: t_min); truth at t = 0
-    "norm_entropy": "data_variance",  # or "isotropic" (METHOD.md §5 as written); see normalization_constant
-    "r_range": [0.5, 5.0],        # r/√d window of the metrics
-    "grid": 1000,                 # points of the metric grid
-    "checkpoint_every": 2_000, "log_every": 100,
-    "flush_denormal": True, "threads": None,
-}
 METHODS = ("ssm", "dsm")
 LABELS = {"true": "Ground truth", "ssm": "Single SM", "dsm": "Dual SM"}
 
 
 def fig1_params(cfg: dict) -> dict:
-    """The resolved `fig1` parameters: defaults overridden by cfg['fig1']."""
-    given = dict((cfg or {}).get("fig1") or {})
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise DsmError(f"fig1.{unknown[0]}: unknown key (known: {', '.join(DEFAULTS)})")
-    p = {**DEFAULTS, **given}
-    for k in ("n", "n_norm", "steps", "batch_size", "lr_halve_every", "width", "layers", "grid", "d"):
-        if not isinstance(p[k], int) or p[k] < 1:
-            raise DsmError(f"fig1.{k}: expected a positive integer, got {p[k]!r}")
+    """The resolved `fig1` parameters: cfg['fig1'] validated, with the schema's defaults
+    (the paper's setting, METHOD.md §7; workflow/schemas/params.schema.yaml)."""
+    from dsm.config import resolve_section
+
+    p = resolve_section((cfg or {}).get("fig1"), "fig1", "fig1")
     if not (0 < p["t_min"] < p["t_max"]):
         raise DsmError(f"fig1.t_min/t_max: need 0 < t_min < t_max, got {p['t_min']}, {p['t_max']}")
-    if not (isinstance(p["r_range"], (list, tuple)) and len(p["r_range"]) == 2
-            and 0 <= p["r_range"][0] < p["r_range"][1]):
-        raise DsmError(f"fig1.r_range: expected [lo, hi] with 0 <= lo < hi, got {p['r_range']!r}")
-    if p["norm_entropy"] not in ("isotropic", "data_variance"):
-        raise DsmError(f"fig1.norm_entropy: unknown value {p['norm_entropy']!r} (expected isotropic or data_variance)")
+    if not p["r_range"][0] < p["r_range"][1]:
+        raise DsmError(f"fig1.r_range: expected [lo, hi] with lo < hi, got {p['r_range']!r}")
     if p["t_eval"] is None:
         p["t_eval"] = p["t_min"]
-    if not isinstance(p["t_eval"], (int, float)) or p["t_eval"] < 0:
-        raise DsmError(f"fig1.t_eval: must be >= 0, got {p['t_eval']}")
     return p
 
 
@@ -114,7 +90,7 @@ def train_method(method: str, x_train: torch.Tensor, p: dict, out_dir, device=No
 
     model = build_model(p)
     train_cfg = {k: p[k] for k in ("steps", "batch_size", "lr", "lr_halve_every", "t_min", "t_max",
-                                   "seed", "checkpoint_every", "log_every", "flush_denormal", "threads")}
+                                   "seed", "checkpoint_every", "log_every", "flush_denormal")}
     n, b = x_train.shape[0], p["batch_size"]
 
     def next_batch(step: int, generator: torch.Generator) -> torch.Tensor:
@@ -218,7 +194,7 @@ def run_fig1(p: dict, out, device=None) -> dict:
                       "last_log": result.last}
         curves[f"logp_{m}"], curves[f"score_{m}"] = logp_m, score_m
         curves[f"logp_{m}_shifted"] = logp_m - metrics[m]["shift_mean"]
-    metrics["threads"] = torch.get_num_threads()  # as set by the trainer (fig1.threads)
+    metrics["threads"] = torch.get_num_threads()  # resources.train.threads (dsm.runtime)
 
     _write_curves(out / "curves.csv", curves)
     plot_fig1(curves, x_train, p, out / "fig1.pdf")
@@ -228,7 +204,10 @@ def run_fig1(p: dict, out, device=None) -> dict:
 
 def fig1_from_params(cfg: dict, out, device=None) -> dict:
     """`dsm fig1`: parameters from cfg['fig1'] (paper values by default)."""
+    from dsm.runtime import stage_threads
+
     p = fig1_params(cfg)
+    stage_threads(cfg, "train")
     if device is None:
         device = (cfg or {}).get("device", "auto")
     return run_fig1(p, out, device)
@@ -249,8 +228,6 @@ def plot_fig1(curves: dict, x_train: torch.Tensor, p: dict, path) -> None:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-
-    from dsm.io import atomic_path
 
     colors = {"true": "tab:blue", "ssm": "tab:green", "dsm": "tab:red"}
     dashes = (0, (2.5, 2.5))
@@ -284,6 +261,4 @@ def plot_fig1(curves: dict, x_train: torch.Tensor, p: dict, path) -> None:
             ax.legend(h2 + h1, l2 + l1, loc="upper right", fontsize=7)
         else:
             ax.set_ylabel("radial score (dB/dim)")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "pdf", bbox_inches="tight", dpi=150)
-    plt.close(fig)
+    save_figure(fig, path, bbox_inches="tight", dpi=150)

@@ -18,17 +18,14 @@ import numpy as np
 
 from dsm.analysis.generalization import SPLITS, pair_tables, read_table, table_path
 from dsm.errors import DsmError
+from dsm.figures.output import save_figure
 
 COLORS = {"A": "tab:blue", "B": "tab:orange"}
-DEFAULTS = {"max_points": 1000, "lim": None, "panel_size": 2.2, "point_size": 2.0}
-
-
 def fig2_params(cfg: dict) -> dict:
-    given = dict(((cfg or {}).get("figures") or {}).get("fig2") or {})
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise DsmError(f"figures.fig2.{unknown[0]}: unknown key (known: {', '.join(DEFAULTS)})")
-    return {**DEFAULTS, **given}
+    """``figures.fig2`` of a scale section, validated, with the schema's defaults."""
+    from dsm.config import resolve_section
+
+    return resolve_section(((cfg or {}).get("figures") or {}).get("fig2"), "fig2", "figures.fig2")
 
 
 def load_pairs(logp_dir, ns, max_points: int) -> dict:
@@ -111,15 +108,7 @@ def plot_fig2(pairs: dict, metrics: dict, p: dict, path, title: str | None = Non
         ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        fig.savefig(tmp)
-        tmp.replace(path)  # atomic: a killed job leaves no fig2.pdf
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    save_figure(fig, path)
 
 
 def fig2_from_params(cfg: dict, logp, metrics, out) -> None:

@@ -153,7 +153,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         args=f"--logp {LOGP_DIR} --metrics {{input.metrics}} --out {{output.pdf}}", resources="light",
         doc="Figure 2: log p_A against log p_B per N"),
     Stage(
-        name="fig1", entry="dsm.figures.fig1", reads=("fig1",),
+        name="fig1", entry="dsm.figures.fig1", reads=("fig1", "resources.train.threads"),
         inputs={}, outputs={"pdf": "results/{scale}/fig1/fig1.pdf",
                             "metrics": "results/{scale}/fig1/metrics.json"},
         args="--out results/{scale}/fig1", resources="train", exec_=True, benchmark=True,

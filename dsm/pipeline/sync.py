@@ -1,13 +1,17 @@
 """Keep Snakemake's and DVC's views of one working copy in agreement (`dsm sync`).
 
-Both tools run the same commands (Snakefile and dvc.yaml), but each keeps its own
-record of what is up to date: Snakemake its metadata in ``.snakemake/`` plus file
-times, DVC the hashes in ``dvc.lock``. After one tool ran the pipeline, the other one
-has to adopt the result (measured facts in docs/pipeline.md):
+Both tools run the same commands (the stage table, dsm/pipeline/stages.py), but each
+keeps its own record of what is up to date: Snakemake its metadata in ``.snakemake/``
+plus file times, DVC the hashes in ``dvc.lock``. After one tool ran the pipeline, the
+other has to adopt the result (measured facts in docs/pipeline.md). Either command
+leaves **both** tools up to date (``snakemake -n`` plans nothing, ``dvc status`` is
+clean) and changes no output's content:
 
 * ``dsm sync dvc`` after a Snakemake run: checks that Snakemake has nothing left to do
-  for the outputs of DVC's stages, then ``dvc commit -f`` records them in dvc.lock
-  (``dvc status`` is then clean, ``dvc repro`` a no-op, ``dvc push`` uploads them).
+  for the outputs of DVC's stages, ``dvc commit -f`` records them in dvc.lock (``dvc
+  status`` clean, ``dvc repro`` a no-op, ``dvc push`` uploads them). DVC rewrites the
+  files from its cache, giving them new modification times, which would make Snakemake
+  rerun everything; so it then re-marks Snakemake's record as below.
 * ``dsm sync snakemake`` after ``dvc pull`` / ``dvc checkout`` / ``dvc repro``:
   checks that ``dvc status`` is clean, then ``snakemake --touch --forceall`` on the
   outputs touches them in DAG order and writes Snakemake's metadata, so that
@@ -85,10 +89,24 @@ def sync_dvc(root=".", extra=()) -> list[str]:
         raise DsmError("Snakemake would still run jobs for these outputs; run it first "
                        "(`snakemake --cores N all`):\n" + "\n".join(pending[:20]))
     _run([_tool("dvc"), "commit", "--force", "--quiet", *done], root)
+    _mark_snakemake(root, outs, list(done), extra)
     if missing:
         print(f"dsm sync dvc: not adopted (outputs missing): {', '.join(missing)}", file=sys.stderr)
-    print(f"dsm sync dvc: {len(done)} stages recorded in dvc.lock", file=sys.stderr)
+    print(f"dsm sync dvc: {len(done)} stages recorded in dvc.lock; Snakemake's record "
+          f"re-marked", file=sys.stderr)
     return list(done)
+
+
+def _mark_snakemake(root, outs: list[str], stages: list[str], extra=(), cores: int = 1) -> None:
+    """Touch ``outs`` in DAG order and record them in Snakemake's metadata; then check that
+    both tools agree nothing is to be done for them (DVC re-hashes the touched files)."""
+    _run([_tool("snakemake"), "--cores", str(cores), "--touch", "--forceall", *outs, *extra], root)
+    pending = snakemake_pending(root, outs, extra)
+    if pending:
+        raise DsmError("after touching, Snakemake still plans jobs:\n" + "\n".join(pending[:20]))
+    status = dvc_status(root, stages)
+    if status:
+        raise DsmError(f"dvc status is not clean after the sync: {', '.join(sorted(status)[:10])}")
 
 
 def dvc_status(root=".", targets=()) -> dict:
@@ -109,10 +127,7 @@ def sync_snakemake(root=".", cores: int = 1, extra=()) -> list[str]:
         raise DsmError("dvc status is not clean for "
                        f"{', '.join(sorted(status)[:10])}: run `dvc pull` / `dvc repro` first")
     outs = sorted({o for v in done.values() for o in v})
-    _run([_tool("snakemake"), "--cores", str(cores), "--touch", "--forceall", *outs, *extra], root)
-    pending = snakemake_pending(root, outs, extra)
-    if pending:
-        raise DsmError("after touching, Snakemake still plans jobs:\n" + "\n".join(pending[:20]))
+    _mark_snakemake(root, outs, list(done), extra, cores)
     if missing:
         print(f"dsm sync snakemake: left alone (outputs missing): {', '.join(missing)}",
               file=sys.stderr)
