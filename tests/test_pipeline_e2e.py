@@ -97,7 +97,9 @@ def content_hashes(repo) -> dict:
     for top in ("data", "models", "results", "figures"):
         for p in sorted((repo / top).rglob("*")) if (repo / top).exists() else []:
             rel = str(p.relative_to(repo))
-            if p.is_file() and p.name != ".gitignore" and "/checkpoints" not in rel:
+            # training logs (metrics.jsonl) hold timings; they are not outputs
+            if (p.is_file() and p.name not in (".gitignore", "metrics.jsonl", ".snakemake_timestamp")
+                    and "/checkpoints" not in rel):
                 found[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return found
 
