@@ -21,6 +21,7 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     scale="|".join(re.escape(s) for s in SCALES),
     N=r"\d+",
+    seed=r"\d+",
     split="A|B",
 
 
@@ -37,5 +38,5 @@ localrules:
 
 rule all:
     input:
-        TARGETS,
+        ALL_TARGETS,
     default_target: True

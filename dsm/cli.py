@@ -63,25 +63,45 @@ def _run_split(args):
 
 def _add_train(sub):
     p = sub.add_parser("train", help="train an energy (or score) model; resumes from OUT",
-                       description="Train one model on split SPLIT of size N. Rerunning the same command resumes "
-                                   "from OUT/checkpoints/latest (if the config hash matches); SIGTERM or "
+                       description="Train one model on split SPLIT of size N (or, with --full, on every "
+                                   "training image). Rerunning the same command resumes from "
+                                   "OUT/checkpoints/latest (if the config hash matches); SIGTERM or "
                                    "SIGUSR1 writes a checkpoint and exits with 128+signal. CPU threads: "
                                    "resources.train.threads of the scale.")
     _add_params_options(p)
     p.add_argument("--data", required=True, help="prepared store directory")
-    p.add_argument("--splits", required=True, help="splits Parquet (from `dsm split`)")
-    p.add_argument("--N", type=int, required=True, help="training set size")
-    p.add_argument("--split", choices=["A", "B"], required=True, help="which training set")
+    p.add_argument("--splits", help="splits Parquet (from `dsm split`); not with --full")
+    p.add_argument("--N", type=int, help="training set size")
+    p.add_argument("--split", choices=["A", "B"], help="which training set")
+    p.add_argument("--full", action="store_true",
+                   help="train on the whole training set (base seed: full.seed of the scale)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="base seed of the replicate (one of the scale's `seeds`); the model's own "
+                        "seed is derived from it, N and the split (train.pairing)")
+    p.add_argument("--kind", choices=["energy", "score"], default=None,
+                   help="override model.kind (score: the score-only baseline of Table 1)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, model.pt)")
     p.add_argument("--device", default=None, help="override device: auto, cpu, cuda, cuda:1 ...")
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args):
-    from dsm.train import train_from_params
+    from dsm.train import FULL, train_from_params
 
-    train_from_params(_scale_cfg(args), data=args.data, splits=args.splits, n=args.N,
-                      split=args.split, out=args.out, device=args.device)
+    cfg = _scale_cfg(args)
+    if args.full:
+        if args.N is not None or args.split is not None:
+            raise DsmError("--full trains on every training image: do not give --N or --split")
+        seed = args.seed if args.seed is not None else int(cfg["full"]["seed"])
+        train_from_params(cfg, data=args.data, splits=None, n=None, split=FULL, out=args.out,
+                          seed=seed, kind=args.kind, device=args.device)
+        return
+    missing = [f"--{k}" for k in ("splits", "N", "split") if getattr(args, k) is None]
+    if missing:
+        raise DsmError(f"{', '.join(missing)} required (or --full)")
+    train_from_params(cfg, data=args.data, splits=args.splits, n=args.N, split=args.split,
+                      out=args.out, seed=args.seed if args.seed is not None else int(cfg["seeds"][0]),
+                      kind=args.kind, device=args.device)
 
 
 def _add_normalize(sub):
@@ -104,22 +124,32 @@ def _run_normalize(args):
 
 def _add_evaluate(sub):
     p = sub.add_parser("evaluate", help="per-image log p of a model into Parquet",
-                       description="One-shot log p at t = 0 on the model's own, the other set's and test images.")
+                       description="One-shot log p at t = 0 on the model's own, the other set's and test "
+                                   "images (at most evaluate.max_per_set of each); with --full, on every "
+                                   "test image (a model trained with `dsm train --full`).")
     _add_params_options(p)
     p.add_argument("--model", required=True, help="trained model file (model.pt)")
     p.add_argument("--norm", required=True, help="normalization JSON (from `dsm normalize`)")
     p.add_argument("--data", required=True, help="prepared store directory")
-    p.add_argument("--splits", required=True, help="splits Parquet")
-    p.add_argument("--N", type=int, required=True)
-    p.add_argument("--split", choices=["A", "B"], required=True)
+    p.add_argument("--splits", help="splits Parquet (not with --full)")
+    p.add_argument("--N", type=int)
+    p.add_argument("--split", choices=["A", "B"])
+    p.add_argument("--full", action="store_true", help="every test image, streamed")
     p.add_argument("--out", required=True, help="output Parquet")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args):
-    from dsm.evaluate import evaluate_from_params
+    from dsm.evaluate import evaluate_from_params, evaluate_test_set_from_params
 
+    if args.full:
+        evaluate_test_set_from_params(_scale_cfg(args), model=args.model, norm=args.norm,
+                                      data=args.data, out=args.out, device=args.device)
+        return
+    missing = [f"--{k}" for k in ("splits", "N", "split") if getattr(args, k) is None]
+    if missing:
+        raise DsmError(f"{', '.join(missing)} required (or --full)")
     evaluate_from_params(_scale_cfg(args), model=args.model, norm=args.norm, data=args.data,
                          splits=args.splits, n=args.N, split=args.split, out=args.out,
                          device=args.device)

@@ -36,7 +36,8 @@ from dsm.runtime import image_noise, stage_threads
 # The per-image Parquet schema (one row per image and model); see docs/DESIGN.md.
 ROW_COLUMNS = [
     ("image_id", "string"), ("image_index", "int64"), ("image_set", "string"),
-    ("dataset", "string"), ("N", "int64"), ("model_split", "string"), ("t", "float64"),
+    ("dataset", "string"), ("N", "int64"), ("model_split", "string"), ("seed", "int64"),
+    ("t", "float64"),
     ("d", "int64"), ("energy_nats", "float64"), ("nats_per_dim", "float64"),
     ("logp_db_per_dim", "float64"), ("nll_bits_per_dim", "float64"),
     ("norm_const_nats", "float64"), ("exact_energy_nats", "float64"),
@@ -266,7 +267,6 @@ def evaluate_from_params(cfg: dict, model, norm, data, splits, n: int, split: st
     At most ``evaluate.max_per_set`` images of each set (the first ones). Writes the
     Parquet ``out`` (schema: :data:`ROW_COLUMNS`, docs/DESIGN.md) incrementally.
     """
-    from dsm.data.exact import exact_density
     from dsm.data.splits import read_split
 
     ecfg = _ecfg(cfg)
@@ -289,18 +289,44 @@ def evaluate_from_params(cfg: dict, model, norm, data, splits, n: int, split: st
     sets = [(split, train, read_split(splits, n, split)[:max_per_set]),
             (other, train, read_split(splits, n, other)[:max_per_set]),
             ("test", test, np.arange(min(len(test), max_per_set), dtype=np.int64))]
-    exact = exact_density(train.meta)
-    dataset = str(train.meta.get("source", cfg.get("data", {}).get("source", "")))
-    const = {"dataset": dataset, "N": int(n), "model_split": split,
-             "norm_const_nats": float(norm_info["c_nats"]), "checkpoint_sha256": model_sha,
-             "params_sha256": sha256_json(cfg), "code_version": code_version()}
+    return _write_rows(cfg, out, sets, net, payload, model, norm_info, dev, bs,
+                       desc=f"evaluate N={n} {split}")
 
+
+def evaluate_test_set_from_params(cfg: dict, model, norm, data, out, device=None) -> Path:
+    """Per-image log p at t = 0 of a model on **every** test image (``dsm evaluate --full``),
+    streamed batch by batch (memory bounded by one batch). Same schema as
+    :func:`evaluate_from_params`; ``image_set`` is ``test``."""
+    ecfg = _ecfg(cfg)
+    stage_threads(cfg, "evaluate")
+    dev_spec = device if device is not None else cfg.get("device", "auto")
+    net, payload, dev = load_energy_model(model, dev_spec)
+    norm_info = _read_norm(norm, sha256_file(model))
+    test = _store(data, "test")
+    if tuple(test.shape) != tuple(payload["shape"]):
+        raise DsmError(f"{test.path}: images {tuple(test.shape)} do not match the model's {tuple(payload['shape'])}")
+    sets = [("test", test, np.arange(len(test), dtype=np.int64))]
+    return _write_rows(cfg, out, sets, net, payload, model, norm_info, dev,
+                       int(ecfg.get("batch_size", 256)), desc="evaluate test set")
+
+
+def _write_rows(cfg, out, sets, net, payload, model, norm_info, dev, bs, desc) -> Path:
+    """Stream the rows of ``sets`` [(image_set, store, indices)] into the Parquet ``out``."""
     from tqdm import tqdm
 
+    from dsm.data.exact import exact_density
+
+    store0 = sets[0][1]
+    exact = exact_density(store0.meta)
+    dataset = str(store0.meta.get("source", cfg.get("data", {}).get("source", "")))
+    prov = payload.get("provenance", {})
+    const = {"dataset": dataset, "N": prov.get("N"), "model_split": prov.get("split"),
+             "seed": prov.get("base_seed"),
+             "norm_const_nats": float(norm_info["c_nats"]), "checkpoint_sha256": sha256_file(model),
+             "params_sha256": sha256_json(cfg), "code_version": code_version()}
     total = sum(len(idx) for _, _, idx in sets)
     with ParquetStream(out, row_schema()) as writer, \
-            tqdm(total=total, desc=f"evaluate N={n} {split}", unit="img", file=sys.stderr,
-                 disable=None, leave=False) as bar:
+            tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=None, leave=False) as bar:
         for image_set, store, idx in sets:
             batches = _store_batches(store, np.asarray(idx, np.int64), bs, {"image_set": image_set})
             for rows in evaluate_images(net, batches, norm_info["c_nats"], t=0.0, exact=exact, device=dev):

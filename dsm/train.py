@@ -89,12 +89,40 @@ def _model_identity(cfg: dict, shape, store, idx, n: int, split: str) -> dict:
             "data": {"N": int(n), "split": split, "train_images_sha256": _images_digest(store, idx)}}
 
 
-def train_from_params(cfg: dict, data, splits, n: int, split: str, out, device=None) -> Path:
-    """Train one model on split ``split`` (A|B) of size ``n``; write ``OUT/model.pt``.
+PAIRINGS = ("independent", "paired")
+FULL = "full"   # the split name of a model trained on the whole training set
 
-    cfg: one resolved scale section (keys model, train, device). data: prepared store
-    directory (its ``train`` part is used). Rerunning resumes; a finished run with the same
-    config hash does nothing. Returns the path of model.pt.
+
+def model_seed(base_seed: int, n: int, split: str, pairing: str = "independent") -> int:
+    """The seed of one model (initialization, noise draws, batch order), derived from the
+    base seed of its replicate (params ``seeds``), N and its split.
+
+    ``independent`` (the default): ``derived_seed(base, "model", N, split)``, so the A and
+    B models of an N share nothing but the recipe — the comparison the paper's test of
+    generalization needs. ``paired``: ``derived_seed(base, "model", N)``, the same for A
+    and B (a controlled experiment: differences then come from the training sets alone).
+    The full model (split ``full``) gets ``derived_seed(base, "model", "full")``.
+    """
+    if pairing not in PAIRINGS:
+        raise DsmError(f"train.pairing: unknown value {pairing!r} (expected one of {', '.join(PAIRINGS)})")
+    if split == FULL:
+        return derived_seed(int(base_seed), "model", FULL)
+    if pairing == "paired":
+        return derived_seed(int(base_seed), "model", int(n))
+    return derived_seed(int(base_seed), "model", int(n), str(split))
+
+
+def train_from_params(cfg: dict, data, splits, n, split: str, out, seed: int = 0, kind=None,
+                      device=None) -> Path:
+    """Train one model; write ``OUT/model.pt``.
+
+    cfg: one resolved scale section (keys model, train, device, resources). data: prepared
+    store directory (its ``train`` part is used). ``split`` A|B with ``n`` and ``splits``
+    (the splits Parquet): the N images of that set; ``split="full"``: every training image
+    (``n`` and ``splits`` ignored). ``seed``: the base seed of the replicate (params
+    ``seeds``; ``full.seed`` for the full model), from which :func:`model_seed` derives the
+    model's own. ``kind``: overrides ``model.kind`` (``score`` for the score-only model of
+    Table 1). Rerunning resumes; a finished run with the same config hash does nothing.
     """
     from dsm.data.splits import read_split
     from dsm.nets import build_model
@@ -104,12 +132,18 @@ def train_from_params(cfg: dict, data, splits, n: int, split: str, out, device=N
         if not isinstance(cfg.get(key), dict):
             raise DsmError(f"params: section '{key}' missing")
     tcfg = dict(cfg["train"])
-    cfg = {**cfg, "model": resolve_model_cfg(cfg["model"], tcfg)}
+    pairing = tcfg.pop("pairing", "independent")
+    tcfg["seed"] = model_seed(seed, 0 if split == FULL else n, split, pairing)
+    model_cfg = dict(cfg["model"], **({"kind": kind} if kind else {}))
+    cfg = {**cfg, "model": resolve_model_cfg(model_cfg, tcfg)}
     out = Path(out)
     model_path = out / "model.pt"
 
     store = _store_part(data, "train")
-    idx = np.asarray(read_split(splits, n, split), dtype=np.int64)
+    if split == FULL:
+        idx, n = np.arange(len(store), dtype=np.int64), len(store)
+    else:
+        idx = np.asarray(read_split(splits, n, split), dtype=np.int64)
     if len(idx) == 0:
         raise DsmError(f"{splits}: split {split} of N={n} is empty")
     shape = tuple(store.shape)
@@ -141,8 +175,9 @@ def train_from_params(cfg: dict, data, splits, n: int, split: str, out, device=N
         "code_version": code_version(),
         "params_sha256": sha256_json(cfg),
         "train_images_sha256": identity["data"]["train_images_sha256"],
-        "splits_sha256": sha256_file(splits),
-        "data": str(data), "splits": str(splits), "N": int(n), "split": split,
+        "splits_sha256": sha256_file(splits) if split != FULL else None,
+        "data": str(data), "splits": str(splits) if split != FULL else None, "N": int(n), "split": split,
+        "base_seed": int(seed), "model_seed": int(tcfg["seed"]), "pairing": pairing,
         "steps": result.step, **describe(dev),
         # no timings (they are in OUT/metrics.jsonl): equal training gives equal model files
         "last_metrics": {k: v for k, v in result.last.items() if k not in ("seconds", "images_per_s")},

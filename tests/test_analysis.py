@@ -72,8 +72,8 @@ def test_no_exact_columns_without_exact_density():
     assert not any(k.startswith("exact") for k in m)
 
 
-def write_tables(tmp_path, ns, noise):
-    rng = np.random.default_rng(0)
+def write_tables(tmp_path, ns, noise, seed=0):
+    rng = np.random.default_rng(seed)
     for n in ns:
         base = {f"{s}{i}": rng.normal(10, 3) for s in "AB" for i in range(n)}
         base.update({f"T{i}": rng.normal(10, 3) for i in range(5)})
@@ -81,13 +81,15 @@ def write_tables(tmp_path, ns, noise):
             sd = noise(n)
             t = make_table(n, split, lambda s, i: base[f"{s}{i}"] + rng.normal(0, sd) + (8.0 if s == split and n < 10 else 0.0),
                            lambda s, i: base.get(f"{s}{i}", 10.0), 5, lambda i: base[f"T{i}"] + rng.normal(0, sd))
-            t.to_parquet(gen.table_path(tmp_path, n, split))
+            path = gen.table_path(tmp_path, seed, n, split)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            t.to_parquet(path)
 
 
 def test_compare_from_params_writes_json_and_csv(tmp_path):
     ns = [1, 10, 100]
     write_tables(tmp_path, ns, lambda n: 1.0 / n)
-    cfg = {"name": "unit", "split": {"N": ns}}
+    cfg = {"name": "unit", "split": {"N": ns}, "seeds": [0]}
     out, csv = tmp_path / "m.json", tmp_path / "m.csv"
     metrics = gen.compare_from_params(cfg, tmp_path, out, csv)
     data = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
@@ -100,6 +102,24 @@ def test_compare_from_params_writes_json_and_csv(tmp_path):
     assert list(table["N"]) == ns and "rms_db" in table
 
 
+def test_replicates_are_aggregated_mean_and_sd(tmp_path):
+    """Two replicates: every metric is the mean of the per-seed values, _sd their standard
+    deviation (ddof 1), and the largest per-model error magnitude is reported."""
+    ns = [10, 100]
+    for seed in (0, 1):
+        write_tables(tmp_path, ns, lambda n: 1.0 / n, seed=seed)
+    by_n, by_seed = gen.compare(tmp_path, ns, seeds=[0, 1])
+    for n in ("10", "100"):
+        per = [by_seed[s][n]["rms_db"] for s in ("0", "1")]
+        assert by_n[n]["rms_db"] == pytest.approx(np.mean(per))
+        assert by_n[n]["rms_db_sd"] == pytest.approx(np.std(per, ddof=1))
+        models = [by_seed[s][n][f"exact_mean_err_db_{x}"] for s in ("0", "1") for x in "AB"]
+        assert by_n[n]["exact_mean_err_db_max_abs"] == pytest.approx(max(abs(v) for v in models))
+        assert by_n[n]["n_seeds"] == 2
+    one, _ = gen.compare(tmp_path, ns, seeds=[1])
+    assert one["100"]["rms_db_sd"] == 0.0 and one["100"]["rms_db"] == by_seed["1"]["100"]["rms_db"]
+
+
 def test_compare_missing_table_names_the_file(tmp_path):
     with pytest.raises(DsmError, match="N7-A.parquet"):
         gen.compare(tmp_path, [7])
@@ -108,13 +128,14 @@ def test_compare_missing_table_names_the_file(tmp_path):
 def test_fig2_pdf(tmp_path):
     ns = [1, 10, 100]
     write_tables(tmp_path, ns, lambda n: 1.0 / n)
-    cfg = {"name": "unit", "split": {"N": ns}, "figures": {"fig2": {"max_points": 50, "lim": None}}}
+    cfg = {"name": "unit", "split": {"N": ns}, "seeds": [0],
+           "figures": {"fig2": {"max_points": 50, "lim": None}}}
     gen.compare_from_params(cfg, tmp_path, tmp_path / "m.json")
     out = tmp_path / "fig" / "fig2.pdf"
     fig2.fig2_from_params(cfg, tmp_path, tmp_path / "m.json", out)
     assert out.read_bytes()[:5] == b"%PDF-"
     assert not list(out.parent.glob(".*tmp*"))
-    pairs = fig2.load_pairs(tmp_path, [100], 50)
+    pairs = fig2.load_pairs(tmp_path, 0, [100], 50)
     assert (pairs[100]["image_set"].value_counts() == 50).all()  # at most max_points per set
 
 

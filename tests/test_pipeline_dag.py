@@ -12,10 +12,17 @@ import re
 
 import pytest
 
+from dsm.pipeline.stages import STAGES
 from test_pipeline_util import (REPO, copy_repo, edit_param, fake_complete, load_params,
                                 planned_jobs, snakemake)
 
-DOWNSTREAM_OF_TRAIN = {"normalize", "evaluate", "compare", "fig2", "all"}
+
+def expected_jobs(cfg: dict) -> dict:
+    """{rule: jobs} of `all` for a scale section: one job per A/B model for the per-model
+    stages (seeds x N x A/B), one for the others, and the rule all."""
+    n_models = 2 * len(cfg["split"]["N"]) * len(cfg["seeds"])
+    jobs = {name: n_models if s.per_model else 1 for name, s in STAGES.items()}
+    return {**jobs, "all": 1}
 
 
 def test_lint_is_clean():
@@ -27,21 +34,20 @@ def test_lint_is_clean():
 @pytest.mark.parametrize("scale", ["paper", "default", "fashion-mnist", "smoke"])
 def test_dry_run_plans_the_complete_dag(scale, tmp_path):
     repo = copy_repo(tmp_path / "r")
-    n_models = 2 * len(load_params(repo)["scales"][scale]["split"]["N"])
+    cfg = load_params(repo)["scales"][scale]
+    n_models = 2 * len(cfg["split"]["N"]) * len(cfg["seeds"])
     res = snakemake(["all", "--dry-run", "--config", f"scale={scale}"], repo)
     jobs = planned_jobs(res)
-    assert jobs == {"prepare": 1, "split": 1, "train": n_models, "normalize": n_models,
-                    "evaluate": n_models, "compare": 1, "fig2": 1, "fig1": 1,
-                    "publish_fig1": 1, "all": 1}
+    assert jobs == expected_jobs(cfg)
     if scale == "paper":
         assert n_models == 12
         out = res.stdout + res.stderr
         # every training job asks for a GPU at the paper scale (the SLURM profile relies on it)
         blocks = re.split(r"\n\[\w{3} \w{3} +\d+ [\d:]+ \d{4}\]\n", out)
-        train_blocks = [b for b in blocks if b.lstrip().startswith("rule train:")]
-        assert len(train_blocks) == 12
+        train_blocks = [b for b in blocks if re.match(r"\s*rule train\w*:", b)]
+        assert len(train_blocks) == 12 + 2               # A/B models, full energy and score models
         assert all("gpu=1" in b for b in train_blocks)
-        assert all(f"models/paper/N{n}-{s}/model.pt" in out
+        assert all(f"models/paper/seed0/N{n}-{s}/model.pt" in out
                    for n in (1, 10, 100, 1000, 10000, 100000) for s in "AB")
 
 
@@ -75,7 +81,8 @@ def test_second_run_does_nothing(finished_default):
 def test_lr_change_reruns_training_and_downstream_only(finished_default, tmp_path):
     jobs = _rerun_plan(finished_default, "train", "lr", "1.234e-3", tmp_path)
     assert jobs.pop("train") == 12
-    assert set(jobs) == DOWNSTREAM_OF_TRAIN
+    upstream = {"prepare", "split", "fig1", "publish_fig1"}
+    assert set(jobs) == set(expected_jobs(load_params(finished_default)["scales"]["default"])) - upstream - {"train"}
     assert jobs["normalize"] == jobs["evaluate"] == 12
 
 

@@ -13,7 +13,14 @@ models. Per N:
 * the same three on held-out test images (``test_*``);
 * on a source with an exact density (``field``): ``exact_mean_err_db`` and
   ``exact_rms_err_db``, the mean and RMS of (model - exact) log p over both models
-  on their own training images, and ``test_exact_*`` on test images.
+  on their own training images, ``exact_mean_err_db_A``/``_B`` per model, and
+  ``test_exact_*`` on test images.
+
+With several replicates (params ``seeds``: one pair of models per base seed), every
+metric is computed per replicate and reported as the mean over replicates (``<metric>``),
+their standard deviation (``<metric>_sd``, 0 for one replicate) and, for the per-model
+errors against the exact log p, the largest magnitude over all models
+(``exact_mean_err_db_max_abs``); the per-replicate values are under ``by_seed``.
 """
 
 from __future__ import annotations
@@ -31,9 +38,10 @@ SET, ID, LOGP, EXACT = "image_set", "image_id", "logp_db_per_dim", "exact_logp_d
 SPLITS = ("A", "B")
 
 
-def table_path(logp_dir, n: int, split: str) -> Path:
-    """The per-image table of model ``N{n}-{split}`` (a fixed function of N and split)."""
-    return Path(logp_dir) / f"N{n}-{split}.parquet"
+def table_path(logp_dir, seed: int, n: int, split: str) -> Path:
+    """The per-image table of model ``N{n}-{split}`` of replicate ``seed`` (a fixed function
+    of seed, N and split; the layout of dsm/pipeline/stages.py)."""
+    return Path(logp_dir) / f"seed{seed}" / f"N{n}-{split}.parquet"
 
 
 def read_table(path) -> pd.DataFrame:
@@ -87,13 +95,16 @@ def exact_errors(pairs: pd.DataFrame, prefix: str = "") -> dict:
     if "exact" not in pairs or pairs["exact"].isna().all():
         return {}
     if prefix:
-        err = np.concatenate([pairs["logp_a"] - pairs["exact"], pairs["logp_b"] - pairs["exact"]])
+        err_a, err_b = pairs["logp_a"] - pairs["exact"], pairs["logp_b"] - pairs["exact"]
     else:
         own_a, own_b = pairs[SET] == "A", pairs[SET] == "B"
-        err = np.concatenate([(pairs["logp_a"] - pairs["exact"])[own_a],
-                              (pairs["logp_b"] - pairs["exact"])[own_b]])
+        err_a = (pairs["logp_a"] - pairs["exact"])[own_a]
+        err_b = (pairs["logp_b"] - pairs["exact"])[own_b]
+    err = np.concatenate([err_a, err_b])
     return {f"{prefix}exact_mean_err_db": float(np.mean(err)),
-            f"{prefix}exact_rms_err_db": float(np.sqrt(np.mean(err**2)))}
+            f"{prefix}exact_rms_err_db": float(np.sqrt(np.mean(err**2))),
+            f"{prefix}exact_mean_err_db_A": float(np.mean(err_a)),
+            f"{prefix}exact_mean_err_db_B": float(np.mean(err_b))}
 
 
 def metrics_for_n(table_a: pd.DataFrame, table_b: pd.DataFrame) -> dict:
@@ -108,14 +119,37 @@ def metrics_for_n(table_a: pd.DataFrame, table_b: pd.DataFrame) -> dict:
     return out
 
 
-def compare(logp_dir, ns) -> dict:
-    """Per-N metrics over the tables ``logp_dir/N{N}-{A,B}.parquet``, keyed by str(N)."""
-    by_n = {}
-    for n in ns:
-        a = read_table(table_path(logp_dir, n, "A"))
-        b = read_table(table_path(logp_dir, n, "B"))
-        by_n[str(n)] = metrics_for_n(a, b)
-    return by_n
+def compare(logp_dir, ns, seeds=(0,)) -> tuple[dict, dict]:
+    """(per-N metrics aggregated over replicates, per-seed per-N metrics), keyed by str."""
+    by_seed = {}
+    for seed in seeds:
+        by_seed[str(seed)] = {str(n): metrics_for_n(read_table(table_path(logp_dir, seed, n, "A")),
+                                                    read_table(table_path(logp_dir, seed, n, "B")))
+                              for n in ns}
+    return {str(n): aggregate([by_seed[str(s)][str(n)] for s in seeds]) for n in ns}, by_seed
+
+
+def aggregate(replicates: list[dict]) -> dict:
+    """Mean and standard deviation over replicates of every numeric metric; for the
+    per-model errors against the exact log p, also the largest magnitude."""
+    out = {"n_seeds": len(replicates)}
+    for key in replicates[0]:
+        values = [r.get(key) for r in replicates]
+        if key == "n_images":
+            out[key] = values[0]
+            continue
+        vals = np.array([v for v in values if v is not None], dtype=np.float64)
+        if not len(vals):
+            out[key], out[f"{key}_sd"] = None, None
+            continue
+        out[key] = float(vals.mean())
+        out[f"{key}_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    for prefix in ("", "test_"):
+        per_model = [r[f"{prefix}exact_mean_err_db_{s}"] for r in replicates for s in SPLITS
+                     if r.get(f"{prefix}exact_mean_err_db_{s}") is not None]
+        if per_model:
+            out[f"{prefix}exact_mean_err_db_max_abs"] = float(np.max(np.abs(per_model)))
+    return out
 
 
 def compare_from_params(cfg: dict, logp, out, by_n_csv=None) -> dict:
@@ -123,15 +157,21 @@ def compare_from_params(cfg: dict, logp, out, by_n_csv=None) -> dict:
     from dsm.io import code_version, write_json, write_text
 
     ns = sorted(int(n) for n in cfg["split"]["N"])
-    by_n = compare(logp, ns)
-    first = read_table(table_path(logp, ns[0], "A"))
+    seeds = [int(s) for s in cfg["seeds"]]
+    by_n, by_seed = compare(logp, ns, seeds)
+    first = read_table(table_path(logp, seeds[0], ns[0], "A"))
     metrics = {
         "scale": cfg.get("name"),
         "dataset": str(first["dataset"].iloc[0]) if "dataset" in first and len(first) else None,
         "units": "log p in dB/dim; differences are model A - model B",
         "images": "each model's own training images (A and B), scored by both models",
+        "seeds": seeds,
+        "replicates": "one pair of models per base seed; <metric> is the mean over replicates, "
+                      "<metric>_sd their standard deviation",
+        "pairing": (cfg.get("train") or {}).get("pairing", "independent"),
         "code_version": code_version(),
         "by_N": by_n,
+        "by_seed": by_seed,
     }
     write_json(out, _finite(metrics))
     if by_n_csv is not None:

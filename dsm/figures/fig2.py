@@ -28,12 +28,12 @@ def fig2_params(cfg: dict) -> dict:
     return resolve_section(((cfg or {}).get("figures") or {}).get("fig2"), "fig2", "figures.fig2")
 
 
-def load_pairs(logp_dir, ns, max_points: int) -> dict:
-    """{N: pairs DataFrame} with at most ``max_points`` images of each set."""
+def load_pairs(logp_dir, seed: int, ns, max_points: int) -> dict:
+    """{N: pairs DataFrame} of replicate ``seed``, at most ``max_points`` images of each set."""
     out = {}
     for n in ns:
-        pairs = pair_tables(read_table(table_path(logp_dir, n, "A")),
-                            read_table(table_path(logp_dir, n, "B")), SPLITS)
+        pairs = pair_tables(read_table(table_path(logp_dir, seed, n, "A")),
+                            read_table(table_path(logp_dir, seed, n, "B")), SPLITS)
         out[n] = pairs.groupby("image_set", group_keys=False).head(max_points)
     return out
 
@@ -52,6 +52,13 @@ def _limits(values, lim):
 
 def _fmt(x, spec):
     return "–" if x is None else format(x, spec)
+
+
+def _pm(m: dict, key: str, spec: str) -> str:
+    """``mean ± sd`` over replicates (just the value for one replicate)."""
+    if (m.get("n_seeds") or 1) > 1 and m.get(key) is not None and m.get(f"{key}_sd") is not None:
+        return f"{format(m[key], spec)}±{format(m[f'{key}_sd'], '.2g')}"
+    return _fmt(m.get(key), spec)
 
 
 def plot_fig2(pairs: dict, metrics: dict, p: dict, path, title: str | None = None) -> None:
@@ -82,8 +89,8 @@ def plot_fig2(pairs: dict, metrics: dict, p: dict, path, title: str | None = Non
             ax.scatter(inside(d["logp_a"]), inside(d["logp_b"]), s=p["point_size"], c=COLORS[s], lw=0,
                        alpha=0.7, label=f"train {s}", rasterized=True, clip_on=False)
         ax.plot([lo, hi], [lo, hi], "k-", lw=0.6)
-        ax.set_title(f"N = {n:,}\nr = {_fmt(m.get('pearson_r'), '.4f')}, "
-                     f"RMS = {_fmt(m.get('rms_db'), '.3g')}", fontsize=8)
+        ax.set_title(f"N = {n:,}\nr = {_pm(m, 'pearson_r', '.4f')}, "
+                     f"RMS = {_pm(m, 'rms_db', '.3g')}", fontsize=7)
         if j == 0:
             ax.set_ylabel("log p_B (dB/dim)")
             ax.legend(fontsize=6, markerscale=3, loc="upper left")
@@ -95,8 +102,8 @@ def plot_fig2(pairs: dict, metrics: dict, p: dict, path, title: str | None = Non
                 ax.scatter(inside(d["exact"]), inside(d[col]), s=p["point_size"], c=COLORS[s], lw=0, alpha=0.7,
                            label=f"model {s}", rasterized=True, clip_on=False)
             ax.plot([lo, hi], [lo, hi], "k-", lw=0.6)
-            ax.set_title(f"error mean {_fmt(m.get('exact_mean_err_db'), '.3g')}, "
-                         f"RMS {_fmt(m.get('exact_rms_err_db'), '.3g')}", fontsize=8)
+            ax.set_title(f"error mean {_pm(m, 'exact_mean_err_db', '.3g')}, "
+                         f"RMS {_pm(m, 'exact_rms_err_db', '.3g')}", fontsize=7)
             ax.set_xlabel("exact log p (dB/dim)")
             if j == 0:
                 ax.set_ylabel("model log p (dB/dim)")
@@ -123,6 +130,10 @@ def fig2_from_params(cfg: dict, logp, metrics, out) -> None:
     ns = sorted(int(n) for n in m.get("by_N", {}))
     if not ns:
         raise DsmError(f"{metrics_path}: no per-N metrics")
-    pairs = load_pairs(logp, ns, int(p["max_points"]))
-    title = f"{m.get('dataset') or ''} ({m.get('scale') or cfg.get('name')}): log p of models trained on disjoint sets A and B"
+    seeds = m.get("seeds") or [0]
+    pairs = load_pairs(logp, seeds[0], ns, int(p["max_points"]))
+    reps = (f"points: replicate seed {seeds[0]}; numbers: mean±sd over {len(seeds)} replicates"
+            if len(seeds) > 1 else f"one replicate (seed {seeds[0]})")
+    title = (f"{m.get('dataset') or ''} ({m.get('scale') or cfg.get('name')}): log p of models trained on "
+             f"disjoint sets A and B ({m.get('pairing', 'independent')} seeds)\n{reps}")
     plot_fig2(pairs, m, p, out, title=title)

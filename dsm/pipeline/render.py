@@ -18,8 +18,8 @@ the committed file differs from it.
 
 from __future__ import annotations
 
-from dsm.pipeline.stages import (MODEL_WILDCARDS, PARAMS_FILE, SPLITS, STAGES, Each, Stage,
-                                 _PLACEHOLDER)
+from dsm.pipeline.stages import (MODEL_WILDCARDS, PARAMS_FILE, SPLITS, STAGES, WILDCARD_VALUES,
+                                 Each, Stage, _PLACEHOLDER)
 
 # --- Snakemake ------------------------------------------------------------------------
 
@@ -59,11 +59,26 @@ def smk_inputs(stage: Stage, scales: dict, active: str, root=".") -> dict:
     return out
 
 
+def wildcard_values(cfg: dict, key: str) -> list:
+    """The values a model wildcard takes in a scale section (seeds, split.N, A/B)."""
+    where = WILDCARD_VALUES[key]
+    if where is None:
+        return list(SPLITS)
+    node = cfg
+    for part in where.split("."):
+        node = node[part]
+    return list(node)
+
+
 def _each(stage: Stage, pattern: str, scales: dict, active: str):
     def files(wildcards):
+        import itertools
+
         scale = wildcards.scale if "scale" in stage.wildcards else active
-        ns = scales[scale]["split"]["N"]
-        return [pattern.format(scale=scale, N=n, split=s) for n in ns for s in SPLITS]
+        cfg = scales[scale]
+        keys = [k for k in MODEL_WILDCARDS if "{" + k + "}" in pattern]
+        combos = itertools.product(*(wildcard_values(cfg, k) for k in keys))
+        return [pattern.format(scale=scale, **dict(zip(keys, c))) for c in combos]
 
     return files
 
@@ -103,7 +118,8 @@ def dvc_stage(stage: Stage, root=".") -> dict:
     """The stage as a dvc.yaml entry (a plain dict, in dvc.yaml's key order)."""
     entry: dict = {}
     if stage.per_model:
-        entry["matrix"] = {"N": "${run.split.N}", "split": list(SPLITS)}
+        entry["matrix"] = {k: list(SPLITS) if WILDCARD_VALUES[k] is None else "${run." + WILDCARD_VALUES[k] + "}"
+                           for k in MODEL_WILDCARDS}
     entry["cmd"] = _dvc(stage, stage.full_command())
     deps = [_dvc(stage, p.dvc_dir if isinstance(p, Each) else p) for p in stage.inputs.values()]
     deps += stage.code(root)

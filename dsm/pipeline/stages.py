@@ -13,14 +13,17 @@ A :class:`Stage` names
 * ``reads``: the keys of the scale section it reads (``a.b`` = key b of section a): its
   parameter dependencies (Snakemake ``params:``, DVC ``params: [run.a.b]``);
 * ``inputs``/``outputs``: path patterns in the wildcards ``{scale}``, ``{N}``, ``{split}``;
-  an :class:`Each` input stands for one file per (N, split) of the scale (DVC: its directory);
-* ``args``: the command line after ``dsm <name> --params params.yaml --scale {scale}``, with
+  an :class:`Each` input stands for one file per model (seed, N, split) of the scale (DVC:
+  its directory);
+* ``args``: the command line after ``dsm <subcommand> --params params.yaml --scale {scale}``
+  (the subcommand is the name unless ``subcommand`` says otherwise), with
   ``{input.x}``/``{output.x}`` for the named paths and the wildcards;
 * ``resources``: the group of the scale's ``resources:`` section (threads, memory, time,
   GPUs); the group's ``threads`` is also the stage's torch thread count (dsm.runtime).
 
-Wildcards: a stage whose outputs contain ``{N}`` and ``{split}`` runs once per model
-(Snakemake wildcards, DVC ``matrix``). A stage whose outputs do not contain ``{scale}``
+Wildcards: a stage whose outputs contain ``{seed}``, ``{N}`` and ``{split}`` runs once per
+A/B model (Snakemake wildcards, DVC ``matrix``): seed over the scale's ``seeds`` (one
+replicate per base seed), N over ``split.N``, split over A and B. A stage whose outputs do not contain ``{scale}``
 (the figures) belongs to the active scale (params.yaml ``run``, or Snakemake's
 ``--config scale=NAME``).
 """
@@ -35,13 +38,15 @@ from dsm.pipeline.codedeps import code_files
 
 PARAMS_FILE = "params.yaml"
 SPLITS = ("A", "B")
-MODEL_WILDCARDS = ("N", "split")
+MODEL_WILDCARDS = ("seed", "N", "split")
+# where each model wildcard's values come from, in a scale section (DVC matrix, Snakemake expand)
+WILDCARD_VALUES = {"seed": "seeds", "N": "split.N", "split": None}
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 
 
 @dataclass(frozen=True)
 class Each:
-    """An input that is one file per model (N × split) of the scale: ``pattern`` expanded.
+    """An input that is one file per model (seed × N × split) of the scale: ``pattern`` expanded.
     DVC cannot expand lists in ``deps:``, so it depends on ``dvc_dir``, which must hold
     exactly those files."""
 
@@ -58,7 +63,8 @@ class Stage:
     outputs: dict
     args: str
     resources: str
-    command: str | None = None        # a shell command other than `dsm <name> ...`
+    command: str | None = None        # a shell command other than `dsm <subcommand> ...`
+    subcommand: str | None = None     # the `dsm` subcommand, if not the stage's name
     directories: tuple[str, ...] = ()  # output names that are directories
     exec_: bool = False               # `exec` the command: SIGTERM reaches it (training)
     benchmark: bool = False           # heavy stage: Snakemake `benchmark:`
@@ -84,7 +90,8 @@ class Stage:
         """The command in neutral syntax ({input.x}, {output.x}, {scale}, {N}, {split})."""
         if self.command is not None:
             return self.command
-        return f"dsm {self.name} --params {PARAMS_FILE} --scale {{scale}} {self.args}".strip()
+        sub = self.subcommand or self.name
+        return f"dsm {sub} --params {PARAMS_FILE} --scale {{scale}} {self.args}".strip()
 
     def log(self) -> str:
         return self._under("logs", ".log")
@@ -94,16 +101,21 @@ class Stage:
 
     def _under(self, top: str, suffix: str) -> str:
         scale = "{scale}/" if "scale" in self.wildcards else ""
-        model = "/N{N}-{split}" if self.per_model else ""
+        model = "/seed{seed}/N{N}-{split}" if self.per_model else ""
         return f"{top}/{scale}{self.name}{model}{suffix}"
 
 
-MODEL = "models/{scale}/N{N}-{split}/model.pt"
+MODEL = "models/{scale}/seed{seed}/N{N}-{split}/model.pt"
 IMAGES = "data/{scale}/images"
 SPLITS_FILE = "data/{scale}/splits.parquet"
-NORM = "results/{scale}/norm/N{N}-{split}.json"
-LOGP = "results/{scale}/logp/N{N}-{split}.parquet"
+NORM = "results/{scale}/norm/seed{seed}/N{N}-{split}.json"
 LOGP_DIR = "results/{scale}/logp"
+LOGP = LOGP_DIR + "/seed{seed}/N{N}-{split}.parquet"
+FULL_MODEL = "models/{scale}/full/model.pt"
+FULL_SCORE_MODEL = "models/{scale}/full-score/model.pt"
+FULL_NORM = "results/{scale}/full/norm.json"
+FULL_LOGP = "results/{scale}/full/logp-test.parquet"
+TRAIN_READS = ("model", "train", "resources.train.threads")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage(
@@ -117,12 +129,24 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         args="--data {input.data} --out {output.splits}", resources="light",
         doc="the disjoint nested A/B training sets for every N"),
     Stage(
-        name="train", entry="dsm.train", reads=("model", "train", "resources.train.threads"),
+        name="train", entry="dsm.train", reads=TRAIN_READS,
         inputs={"data": IMAGES, "splits": SPLITS_FILE}, outputs={"model": MODEL},
-        args="--data {input.data} --splits {input.splits} --N {N} --split {split}"
-             " --out models/{scale}/N{N}-{split}",
+        args="--data {input.data} --splits {input.splits} --N {N} --split {split} --seed {seed}"
+             " --out models/{scale}/seed{seed}/N{N}-{split}",
         resources="train", exec_=True, benchmark=True,
         doc="train one energy model on the N images of set A or B (resumes when rerun)"),
+    Stage(
+        name="train_full", entry="dsm.train", subcommand="train", reads=TRAIN_READS + ("full",),
+        inputs={"data": IMAGES}, outputs={"model": FULL_MODEL},
+        args="--data {input.data} --full --out models/{scale}/full",
+        resources="train", exec_=True, benchmark=True,
+        doc="the full energy model: every training image, the same recipe"),
+    Stage(
+        name="train_score", entry="dsm.train", subcommand="train", reads=TRAIN_READS + ("full",),
+        inputs={"data": IMAGES}, outputs={"model": FULL_SCORE_MODEL},
+        args="--data {input.data} --full --kind score --out models/{scale}/full-score",
+        resources="train", exec_=True, benchmark=True,
+        doc="the score-only baseline (Table 1): the full model's data, recipe and seed"),
     Stage(
         name="normalize", entry="dsm.evaluate",
         reads=("evaluate.n_norm", "evaluate.batch_size", "evaluate.noise_seed",
@@ -131,6 +155,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         args="--model {input.model} --data {input.data} --out {output.norm}",
         resources="evaluate", benchmark=True,
         doc="the model's normalization constant from held-out images at t_max"),
+    Stage(
+        name="normalize_full", entry="dsm.evaluate", subcommand="normalize",
+        reads=("evaluate.n_norm", "evaluate.batch_size", "evaluate.noise_seed",
+               "resources.evaluate.threads"),
+        inputs={"model": FULL_MODEL, "data": IMAGES}, outputs={"norm": FULL_NORM},
+        args="--model {input.model} --data {input.data} --out {output.norm}",
+        resources="evaluate", benchmark=True,
+        doc="the full model's normalization constant"),
     Stage(
         name="evaluate", entry="dsm.evaluate",
         reads=("evaluate.max_per_set", "evaluate.batch_size", "resources.evaluate.threads"),
@@ -141,17 +173,25 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         resources="evaluate", benchmark=True,
         doc="per-image log p of the model on its own, the other set's and test images"),
     Stage(
-        name="compare", entry="dsm.analysis.generalization", reads=("split",),
+        name="evaluate_full", entry="dsm.evaluate", subcommand="evaluate",
+        reads=("evaluate.batch_size", "resources.evaluate.threads"),
+        inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES},
+        outputs={"logp": FULL_LOGP},
+        args="--model {input.model} --norm {input.norm} --data {input.data} --full --out {output.logp}",
+        resources="evaluate", benchmark=True,
+        doc="per-image log p of the full model on every test image"),
+    Stage(
+        name="compare", entry="dsm.analysis.generalization", reads=("split", "seeds"),
         inputs={"tables": Each(LOGP, LOGP_DIR)},
         outputs={"metrics": "results/{scale}/fig2_metrics.json", "by_n": "results/{scale}/fig2_by_N.csv"},
         args=f"--logp {LOGP_DIR} --out {{output.metrics}} --by-n {{output.by_n}}", resources="light",
-        doc="Figure 2's metrics: do the A and B models agree, per N"),
+        doc="Figure 2's metrics: do the A and B models agree, per N (mean and spread over seeds)"),
     Stage(
-        name="fig2", entry="dsm.figures.fig2", reads=("figures.fig2",),
+        name="fig2", entry="dsm.figures.fig2", reads=("figures.fig2", "seeds"),
         inputs={"tables": Each(LOGP, LOGP_DIR), "metrics": "results/{scale}/fig2_metrics.json"},
         outputs={"pdf": "figures/fig2.pdf"},
         args=f"--logp {LOGP_DIR} --metrics {{input.metrics}} --out {{output.pdf}}", resources="light",
-        doc="Figure 2: log p_A against log p_B per N"),
+        doc="Figure 2: log p_A against log p_B per N (the first replicate)"),
     Stage(
         name="fig1", entry="dsm.figures.fig1", reads=("fig1", "resources.train.threads"),
         inputs={}, outputs={"pdf": "results/{scale}/fig1/fig1.pdf",
@@ -166,7 +206,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
 ]}
 
 # What `snakemake all` (and the README's `make figures`) builds: the paper's figures.
-TARGETS = ("figures/fig1.pdf", "figures/fig2.pdf")
+TARGETS = ("figures/fig1.pdf", "figures/fig2.pdf", FULL_LOGP, FULL_SCORE_MODEL)
 
 
 def stage(name: str) -> Stage:

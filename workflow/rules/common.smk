@@ -44,6 +44,7 @@ if "scale" in config:
 else:
     RUN = config["run"]
 SCALE = RUN["name"]
+ALL_TARGETS = [t.replace("{scale}", SCALE) for t in TARGETS]
 
 # Software of every rule for `--software-deployment-method conda` (clusters); locally the
 # rules run the `dsm` of the environment snakemake runs in. Relative to workflow/rules/.

@@ -1,5 +1,6 @@
 # Evaluation: the normalization constant of each model (held-out images at t_max),
-# then its per-image log p on its own, the other set's and test images (Parquet).
+# then its per-image log p on its own, the other set's and test images (Parquet); the
+# full model's on every test image.
 
 
 rule normalize:
@@ -40,3 +41,43 @@ rule evaluate:
         **resources_of("evaluate"),
     shell:
         shell_of("evaluate")
+
+
+rule normalize_full:
+    input:
+        **inputs("normalize_full"),
+    output:
+        **outputs("normalize_full"),
+    params:
+        reads=reads("normalize_full"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("normalize_full"),
+    benchmark:
+        benchmark_of("normalize_full")
+    threads: res("normalize_full", "threads")
+    resources:
+        **resources_of("normalize_full"),
+    shell:
+        shell_of("normalize_full")
+
+
+rule evaluate_full:
+    input:
+        **inputs("evaluate_full"),
+    output:
+        **outputs("evaluate_full"),
+    params:
+        reads=reads("evaluate_full"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("evaluate_full"),
+    benchmark:
+        benchmark_of("evaluate_full")
+    threads: res("evaluate_full", "threads")
+    resources:
+        **resources_of("evaluate_full"),
+    shell:
+        shell_of("evaluate_full")

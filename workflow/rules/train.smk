@@ -1,4 +1,5 @@
-# Training: one job per (N, split). The run directory also holds checkpoints/,
+# Training: one job per A/B model (seed, N, split), and the full models (every training
+# image): the energy model and the score-only baseline. The run directory also holds checkpoints/,
 # metrics.jsonl and config.json, which are not outputs: a killed or preempted job
 # that is rerun resumes from its latest checkpoint. The command is `exec`ed, so a
 # SIGTERM from SLURM (preemption, --signal before the time limit) reaches the trainer,
@@ -23,3 +24,43 @@ rule train:
         **resources_of("train"),
     shell:
         shell_of("train")
+
+
+rule train_full:
+    input:
+        **inputs("train_full"),
+    output:
+        **outputs("train_full"),
+    params:
+        reads=reads("train_full"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("train_full"),
+    benchmark:
+        benchmark_of("train_full")
+    threads: res("train_full", "threads")
+    resources:
+        **resources_of("train_full"),
+    shell:
+        shell_of("train_full")
+
+
+rule train_score:
+    input:
+        **inputs("train_score"),
+    output:
+        **outputs("train_score"),
+    params:
+        reads=reads("train_score"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("train_score"),
+    benchmark:
+        benchmark_of("train_score")
+    threads: res("train_score", "threads")
+    resources:
+        **resources_of("train_score"),
+    shell:
+        shell_of("train_score")
