@@ -238,7 +238,23 @@ def _run_sync(args):
         sync.sync_snakemake(args.root)
 
 
-BUILDERS += [_add_compare, _add_fig2, _add_sync]
+def _add_examples(sub):
+    p = sub.add_parser("examples", help="reference test images evenly spaced in log p",
+                       description="From the full model's test-set table, figures.examples.count images "
+                                   "at evenly spaced log p (JSON).")
+    _add_params_options(p)
+    p.add_argument("--logp", required=True, help="per-image table of the test set (dsm evaluate --full)")
+    p.add_argument("--out", required=True, help="output JSON")
+    p.set_defaults(func=_run_examples)
+
+
+def _run_examples(args):
+    from dsm.analysis.examples import examples_from_params
+
+    examples_from_params(_scale_cfg(args), logp=args.logp, out=args.out)
+
+
+BUILDERS += [_add_compare, _add_fig2, _add_examples, _add_sync]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -142,3 +142,22 @@ def test_fig2_pdf(tmp_path):
 def test_fig2_rejects_unknown_keys(tmp_path):
     with pytest.raises(DsmError, match=r"figures\.fig2\.colour"):
         fig2.fig2_params({"figures": {"fig2": {"colour": "red"}}})
+
+
+def test_examples_evenly_spaced_reproducible():
+    from dsm.analysis.examples import select_examples
+
+    rng = np.random.default_rng(0)
+    values = rng.gumbel(10, 3, 500)
+    table = pd.DataFrame({"image_id": [f"i{k:04d}" for k in range(500)], "image_index": np.arange(500),
+                          "logp_db_per_dim": values})
+    rows = select_examples(table, 5)
+    lo, hi = np.quantile(values, [0.01, 0.99])
+    assert list(rows["logp_db_per_dim"]) == sorted(rows["logp_db_per_dim"])
+    assert rows["image_id"].is_unique and len(rows) == 5
+    for got, target in zip(rows["logp_db_per_dim"], np.linspace(lo, hi, 5)):
+        assert abs(got - target) == pytest.approx(np.min(np.abs(values - target)))
+    shuffled = table.sample(frac=1.0, random_state=1)
+    assert list(select_examples(shuffled, 5)["image_id"]) == list(rows["image_id"])
+    with pytest.raises(DsmError, match="only 3 finite"):
+        select_examples(table.head(3), 5)

@@ -115,6 +115,7 @@ FULL_MODEL = "models/{scale}/full/model.pt"
 FULL_SCORE_MODEL = "models/{scale}/full-score/model.pt"
 FULL_NORM = "results/{scale}/full/norm.json"
 FULL_LOGP = "results/{scale}/full/logp-test.parquet"
+EXAMPLES = "results/{scale}/full/examples.json"
 TRAIN_READS = ("model", "train", "resources.train.threads")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
@@ -181,6 +182,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         resources="evaluate", benchmark=True,
         doc="per-image log p of the full model on every test image"),
     Stage(
+        name="examples", entry="dsm.analysis.examples", reads=("figures.examples",),
+        inputs={"logp": FULL_LOGP}, outputs={"examples": EXAMPLES},
+        args="--logp {input.logp} --out {output.examples}", resources="light",
+        doc="reference test images evenly spaced in log p (Figures 3, 4, 5)"),
+    Stage(
         name="compare", entry="dsm.analysis.generalization", reads=("split", "seeds"),
         inputs={"tables": Each(LOGP, LOGP_DIR)},
         outputs={"metrics": "results/{scale}/fig2_metrics.json", "by_n": "results/{scale}/fig2_by_N.csv"},
@@ -206,7 +212,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
 ]}
 
 # What `snakemake all` (and the README's `make figures`) builds: the paper's figures.
-TARGETS = ("figures/fig1.pdf", "figures/fig2.pdf", FULL_LOGP, FULL_SCORE_MODEL)
+TARGETS = ("figures/fig1.pdf", "figures/fig2.pdf", EXAMPLES, FULL_SCORE_MODEL)
 
 
 def stage(name: str) -> Stage:

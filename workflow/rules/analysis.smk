@@ -17,3 +17,21 @@ rule compare:
         **resources_of("compare"),
     shell:
         shell_of("compare")
+
+
+rule examples:
+    input:
+        **inputs("examples"),
+    output:
+        **outputs("examples"),
+    params:
+        reads=reads("examples"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("examples"),
+    threads: res("examples", "threads")
+    resources:
+        **resources_of("examples"),
+    shell:
+        shell_of("examples")
