@@ -233,7 +233,8 @@ def normalize_from_params(cfg: dict, model, data, out, device=None) -> dict:
     """Write the normalization constant of ``model`` (model.pt) to JSON ``out``.
 
     Uses the first ``evaluate.n_norm`` images of the store's ``test`` part, one noise draw
-    each at the model's training ``t_max`` (seed ``evaluate.noise_seed``).
+    each at the model's training ``t_max`` (seed ``evaluate.noise_seed``); the Gaussian
+    entropy at t_max per ``evaluate.norm_entropy`` (dsm.normalization).
     """
     ecfg = _ecfg(cfg)
     stage_threads(cfg, "evaluate")
@@ -247,9 +248,12 @@ def normalize_from_params(cfg: dict, model, data, out, device=None) -> dict:
     if tuple(store.shape) != tuple(payload["shape"]):
         raise DsmError(f"{store.path}: images {tuple(store.shape)} do not match the model's {tuple(payload['shape'])}")
     images = (store.images(np.arange(i, min(n, i + bs))) for i in range(0, n, bs))
-    result = normalization_constant(net, images, t_max, seed, batch_size=bs, device=dev)
+    entropy = str(ecfg.get("norm_entropy", "isotropic"))
+    result = normalization_constant(net, images, t_max, seed, entropy=entropy, batch_size=bs, device=dev)
     result.update({
-        "method": "one-shot: (d/2) ln(2 pi e t_max) - mean U(x + sqrt(t_max) z, t_max) over test images",
+        "method": ("one-shot: H - mean U(x + sqrt(t_max) z, t_max) over test images, H the entropy "
+                   + ("of N(mean, t_max I)" if entropy == "isotropic" else
+                      "of N(mean, (v + t_max) I), v the test images' variance per pixel")),
         "model": str(model), "model_sha256": sha256_file(model), "data": str(store.path),
         "params_sha256": sha256_json(cfg), "code_version": code_version(),
         "model_config_sha256": payload.get("config_sha256"),

@@ -46,7 +46,7 @@ def check_results(repo):
         m = metrics["by_N"][str(n)]
         assert m["n_images"] == 2 * min(n, load_params(repo)["scales"][SCALE]["evaluate"]["max_per_set"])
         assert m["rms_db"] >= 0 and "exact_rms_err_db" in m  # field: exact log p known
-    table = pd.read_parquet(repo / f"results/{SCALE}/logp/N{ns[-1]}-A.parquet")
+    table = pd.read_parquet(repo / f"results/{SCALE}/logp/seed0/N{ns[-1]}-A.parquet")
     assert set(table["image_set"]) == {"A", "B", "test"}
     for col in ("image_id", "dataset", "N", "model_split", "t", "energy_nats", "logp_db_per_dim",
                 "nll_bits_per_dim", "norm_const_nats", "checkpoint_sha256", "params_sha256",

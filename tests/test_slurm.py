@@ -36,7 +36,7 @@ PROFILE = REPO / "workflow" / "profiles" / "slurm"
 VENV_BIN = Path(sys.executable).parent
 PARTITION = "debug"            # what slurm-localhost.sh creates
 ACCOUNT = "dsm"
-TRAIN_RULES = {"train"}        # rules that train a model (must get a GPU)
+TRAIN_RULES = {"train", "train_full", "train_score"}   # rules that train a model (must get a GPU)
 COPY_EXCLUDES = {".venv", ".git", ".snakemake", ".pytest_cache", "data", "models", "results",
                  "logs", "benchmarks", "dvc_plots", "__pycache__", ".dvc"}
 
@@ -295,11 +295,11 @@ def test_training_job_resumes_after_sigterm(slurm_repo):
     steps, every = 200, 10
     _edit_smoke_train(repo, steps=steps, checkpoint_every=every, log_every=every)
     n, split = 10, "A"
-    run_dir = repo / f"models/smoke/N{n}-{split}"
+    run_dir = repo / f"models/smoke/seed0/N{n}-{split}"
     shutil.rmtree(run_dir, ignore_errors=True)
     ref_dir = repo / "ref" / f"N{n}-{split}"
     shutil.rmtree(ref_dir, ignore_errors=True)
-    target = f"models/smoke/N{n}-{split}/model.pt"
+    target = f"models/smoke/seed0/N{n}-{split}/model.pt"
 
     t0 = time.monotonic()
     log_path = repo / "snakemake-preempt.log"
@@ -315,7 +315,7 @@ def test_training_job_resumes_after_sigterm(slurm_repo):
             while time.monotonic() < deadline and sm.poll() is None:
                 if latest.exists():
                     q = _sh("squeue", "-h", "-t", "RUNNING", "-o", "%i|%k", timeout=30).stdout
-                    jobs = [line.split("|")[0] for line in q.splitlines() if "rule_train_" in line]
+                    jobs = [line.split("|")[0] for line in q.splitlines() if "|rule_train_wildcards_" in line]
                     if jobs:
                         job = jobs[0]
                         break
@@ -327,11 +327,11 @@ def test_training_job_resumes_after_sigterm(slurm_repo):
 
             # Meanwhile, the uninterrupted reference run (same params, data, threads).
             ref_env = _env()
-            ref_env.update(OMP_NUM_THREADS="1", DSM_THREADS="1")
+            ref_env.update(OMP_NUM_THREADS="2")   # the job's threads come from params, not from here
             ref = subprocess.run(
                 ["timeout", "-k", "10", "420", str(VENV_BIN / "dsm"), "train", "--params", "params.yaml",
                  "--scale", "smoke", "--data", "data/smoke/images", "--splits", "data/smoke/splits.parquet",
-                 "--N", str(n), "--split", split, "--out", str(ref_dir)],
+                 "--N", str(n), "--split", split, "--seed", "0", "--out", str(ref_dir)],
                 cwd=repo, env=ref_env, capture_output=True, text=True, timeout=480)
             assert ref.returncode == 0, ref.stderr[-3000:]
             rc = sm.wait(timeout=480)
@@ -346,7 +346,7 @@ def test_training_job_resumes_after_sigterm(slurm_repo):
     print(f"preemption test: {time.monotonic() - t0:.1f}s", file=sys.stderr)
     assert rc == 0, log[-6000:]
 
-    rows = [r for r in _sacct(_run_id(log)) if r["rule"] in TRAIN_RULES]
+    rows = [r for r in _sacct(_run_id(log)) if r["rule"] == "train"]
     table = "\n".join(f"{r['id']:>6} {r['state']:<10} {r['exit']:<6} {r['tres']}" for r in rows)
     print(f"sacct (training jobs):\n{table}", file=sys.stderr)
     (repo / "sacct-preempt.txt").write_text(table + "\n")
@@ -356,7 +356,7 @@ def test_training_job_resumes_after_sigterm(slurm_repo):
     assert last["state"] == "COMPLETED" and "gres/gpu=1" in last["tres"], table
 
     # The retry resumed from the checkpoint instead of starting over.
-    train_log = (repo / f"logs/smoke/train/N{n}-{split}.log").read_text()
+    train_log = (repo / f"logs/smoke/train/seed0/N{n}-{split}.log").read_text()
     m = re.search(r"resuming from \S+ \(step (\d+)/(\d+)\)", train_log)
     assert m, f"the retry did not resume:\n{train_log[-3000:]}"
     resumed = int(m.group(1))

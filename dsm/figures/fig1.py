@@ -179,7 +179,20 @@ def run_fig1(p: dict, out, device=None) -> dict:
         with torch.no_grad():
             dev = next(model.parameters()).device
             log_z = model.log_normalizer(torch.tensor([t_eval, p["t_max"]], device=dev)).cpu()
+        # both read-out conventions, each against the exact log p(x) at t = 0:
+        # the release's (learned energy at t = t_min, isotropic entropy at t_max) and
+        # t = 0 (the energy at t = 0 itself, data-variance entropy)
+        c_iso = c if p["norm_entropy"] == "isotropic" else c_other
+        c_var = c if p["norm_entropy"] == "data_variance" else c_other
+        release = radial_curves(model, gsm, rho_metric, p["t_min"], c_iso)[0]
+        at_zero = radial_curves(model, gsm, rho_metric, 0.0, c_var)[0]
+        conventions = {
+            "release": {"t_eval": p["t_min"], "entropy": "isotropic",
+                        **error_metrics(rho_metric, release, true_metric, p["r_range"])},
+            "t0": {"t_eval": 0.0, "entropy": "data_variance",
+                   **error_metrics(rho_metric, at_zero, true_metric, p["r_range"])}}
         metrics[m] = {**error_metrics(rho_metric, logp_metric, true_metric, p["r_range"]),
+                      "conventions": conventions,
                       "c_nats": c,
                       "normalization_alternative": {
                           "entropy": other, "c_nats": c_other,

@@ -151,7 +151,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage(
         name="normalize", entry="dsm.evaluate",
         reads=("evaluate.n_norm", "evaluate.batch_size", "evaluate.noise_seed",
-               "resources.evaluate.threads"),
+               "evaluate.norm_entropy", "resources.evaluate.threads"),
         inputs={"model": MODEL, "data": IMAGES}, outputs={"norm": NORM},
         args="--model {input.model} --data {input.data} --out {output.norm}",
         resources="evaluate", benchmark=True,
@@ -159,7 +159,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage(
         name="normalize_full", entry="dsm.evaluate", subcommand="normalize",
         reads=("evaluate.n_norm", "evaluate.batch_size", "evaluate.noise_seed",
-               "resources.evaluate.threads"),
+               "evaluate.norm_entropy", "resources.evaluate.threads"),
         inputs={"model": FULL_MODEL, "data": IMAGES}, outputs={"norm": FULL_NORM},
         args="--model {input.model} --data {input.data} --out {output.norm}",
         resources="evaluate", benchmark=True,
