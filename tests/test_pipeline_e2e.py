@@ -67,7 +67,7 @@ def test_snakemake_end_to_end(snakemake_run):
     assert (snakemake_run / "figures/fig1.pdf").read_bytes()[:5] == b"%PDF-"
     logs = list((snakemake_run / "logs").rglob("*.log"))
     assert len(logs) >= 10
-    assert list((snakemake_run / f"benchmarks/{SCALE}/train").glob("*.tsv"))
+    assert list((snakemake_run / f"benchmarks/{SCALE}/train").rglob("*.tsv"))
 
 
 def test_snakemake_second_run_does_nothing(snakemake_run):
@@ -123,7 +123,7 @@ def test_sync_dvc_leaves_both_tools_up_to_date(adopted):
     res = dvc(["repro"], adopted)
     assert "Running stage" not in res.stdout, res.stdout
     lock = (adopted / "dvc.lock").read_text()
-    assert "train@1-A" in lock and "run.train" in lock
+    assert "train@0-1-A" in lock and "run.train" in lock
     shown = dvc(["metrics", "show", "--json"], adopted).stdout
     assert f"results/{SCALE}/fig2_metrics.json" in shown and "pearson_r" in shown
     assert f"results/{SCALE}/fig1/metrics.json" in shown
