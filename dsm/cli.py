@@ -257,6 +257,130 @@ def _run_examples(args):
 BUILDERS += [_add_compare, _add_fig2, _add_examples, _add_sync]
 
 
+# --- the distribution of log p: Gumbel fit, Figure 3, Figures 6-8, Table 2 --------------
+
+def _add_gumbel(sub):
+    p = sub.add_parser("gumbel", help="maximum-likelihood Gumbel fit of per-image log p (and its rivals)",
+                       description="Fit scipy.stats.gumbel_r to one column of a per-image table by maximum "
+                                   "likelihood; 95 %% bootstrap intervals (gumbel.bootstrap resamples, "
+                                   "gumbel.seed); the same fit of gumbel_l, norm and skewnorm with AIC and "
+                                   "the Kolmogorov-Smirnov statistic; the sample mean (entropy estimate), "
+                                   "range and 8-bit bits/dim. Without a params file the schema's defaults "
+                                   "are used.")
+    _add_params_options(p)
+    p.add_argument("table", metavar="IN.parquet", help="per-image table (e.g. results/<scale>/full/logp-test.parquet)")
+    p.add_argument("--out", required=True, help="output JSON: loc, scale, intervals, ... (units in the keys)")
+    p.add_argument("--details", default=None,
+                   help="full report JSON: every family's fit, AIC, KS, bootstrap settings "
+                        "(default: OUT-details.json beside OUT)")
+    p.add_argument("--column", default="logp_db_per_dim", help="column to fit (default: logp_db_per_dim)")
+    p.set_defaults(func=_run_gumbel)
+
+
+def _run_gumbel(args):
+    from pathlib import Path
+
+    from dsm.analysis.gumbel import gumbel_from_params
+
+    if args.params == "params.yaml" and args.scale is None and not Path(args.params).is_file():
+        from dsm.config import apply_overrides, resolve_section
+
+        given = apply_overrides({"gumbel": {}}, args.overrides)
+        cfg = {"gumbel": resolve_section(given.get("gumbel"), "gumbel", "gumbel")}
+    else:
+        cfg = _scale_cfg(args)
+    gumbel_from_params(cfg, logp=args.table, out=args.out, details=args.details, column=args.column)
+
+
+def _add_probes(sub):
+    p = sub.add_parser("probes", help="log p of uniform-noise and constant images under a model (Figure 3)",
+                       description="Evaluate the full model (with its normalization constant) on "
+                                   "figures.fig3.noise_images uniform-noise images in [0, 1] and on the "
+                                   "constant 0.5 image, with the test images' shape (JSON).")
+    _add_params_options(p)
+    p.add_argument("--model", required=True, help="energy model file (model.pt)")
+    p.add_argument("--norm", required=True, help="its normalization JSON (dsm normalize)")
+    p.add_argument("--data", required=True, help="prepared store directory (its test part gives the shape)")
+    p.add_argument("--out", required=True, help="output JSON")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_probes)
+
+
+def _run_probes(args):
+    from dsm.analysis.probes import probes_from_params
+
+    probes_from_params(_scale_cfg(args), model=args.model, norm=args.norm, data=args.data, out=args.out,
+                       device=args.device)
+
+
+def _add_fig3(sub):
+    p = sub.add_parser("fig3", help="Figure 3: histogram of test log p, Gumbel fit, images along it",
+                       description="Plot the full model's test log p with the Gumbel fit (dsm gumbel), the "
+                                   "reference images (dsm examples) and the probes (dsm probes).")
+    _add_params_options(p)
+    p.add_argument("--logp", required=True, help="per-image table of the test set (dsm evaluate --full)")
+    p.add_argument("--gumbel", required=True, help="Gumbel fit JSON (dsm gumbel)")
+    p.add_argument("--examples", required=True, help="reference images JSON (dsm examples)")
+    p.add_argument("--probes", required=True, help="probes JSON (dsm probes)")
+    p.add_argument("--data", required=True, help="prepared store directory (the pixels)")
+    p.add_argument("--out", required=True, help="output PDF")
+    p.set_defaults(func=_run_fig3)
+
+
+def _run_fig3(args):
+    from dsm.figures.fig3 import fig3_from_params
+
+    fig3_from_params(_scale_cfg(args), logp=args.logp, gumbel=args.gumbel, examples=args.examples,
+                     probes=args.probes, data=args.data, out=args.out)
+
+
+def _add_fig678(sub):
+    p = sub.add_parser("fig678", help="Figures 6-8: highest, lowest, evenly spaced log p test images",
+                       description="Grids (figures.fig678.rows x cols) of test images labelled with their "
+                                   "log p in dB/dim.")
+    _add_params_options(p)
+    p.add_argument("--logp", required=True, help="per-image table of the test set (dsm evaluate --full)")
+    p.add_argument("--data", required=True, help="prepared store directory (the pixels)")
+    p.add_argument("--highest", required=True, help="output PDF of Figure 6")
+    p.add_argument("--lowest", required=True, help="output PDF of Figure 7")
+    p.add_argument("--spaced", required=True, help="output PDF of Figure 8")
+    p.set_defaults(func=_run_fig678)
+
+
+def _run_fig678(args):
+    from dsm.figures.fig678 import fig678_from_params
+
+    fig678_from_params(_scale_cfg(args), logp=args.logp, data=args.data, highest=args.highest,
+                       lowest=args.lowest, spaced=args.spaced)
+
+
+def _add_table2(sub):
+    p = sub.add_parser("table2", help="Table 2: test-set NLL in bits/dim, conventions explicit",
+                       description="Mean test NLL (continuous density + 8-bit shift; uniform dequantization "
+                                   "on 8-bit sources; exact entropy and the model's excess on exact sources) "
+                                   "as CSV, Markdown and LaTeX.")
+    _add_params_options(p)
+    p.add_argument("--logp", required=True, help="per-image table of the test set (dsm evaluate --full)")
+    p.add_argument("--data", required=True, help="prepared store directory")
+    p.add_argument("--model", required=True, help="the table's model (evaluated for dequantization, 8-bit only)")
+    p.add_argument("--norm", required=True, help="its normalization JSON")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--md", required=True)
+    p.add_argument("--tex", required=True)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_table2)
+
+
+def _run_table2(args):
+    from dsm.figures.table2 import table2_from_params
+
+    table2_from_params(_scale_cfg(args), logp=args.logp, data=args.data, model=args.model, norm=args.norm,
+                       csv=args.csv, md=args.md, tex=args.tex, device=args.device)
+
+
+BUILDERS += [_add_gumbel, _add_probes, _add_fig3, _add_fig678, _add_table2]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsm", description="Normalized image densities by dual score matching.")

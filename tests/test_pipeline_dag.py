@@ -31,7 +31,7 @@ def test_lint_is_clean():
     assert "Congratulations" in res.stdout + res.stderr, res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("scale", ["paper", "default", "fashion-mnist", "smoke"])
+@pytest.mark.parametrize("scale", ["paper", "paper-gray", "default", "fashion-mnist", "smoke"])
 def test_dry_run_plans_the_complete_dag(scale, tmp_path):
     repo = copy_repo(tmp_path / "r")
     cfg = load_params(repo)["scales"][scale]

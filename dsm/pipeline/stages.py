@@ -116,6 +116,11 @@ FULL_SCORE_MODEL = "models/{scale}/full-score/model.pt"
 FULL_NORM = "results/{scale}/full/norm.json"
 FULL_LOGP = "results/{scale}/full/logp-test.parquet"
 EXAMPLES = "results/{scale}/full/examples.json"
+GUMBEL = "results/{scale}/full/gumbel.json"
+PROBES = "results/{scale}/full/probes.json"
+TABLE2 = {"csv": "results/{scale}/table2.csv", "md": "results/{scale}/table2.md",
+          "tex": "results/{scale}/table2.tex"}
+FIG678 = {"highest": "figures/fig6.pdf", "lowest": "figures/fig7.pdf", "spaced": "figures/fig8.pdf"}
 TRAIN_READS = ("model", "train", "resources.train.threads")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
@@ -187,6 +192,40 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         args="--logp {input.logp} --out {output.examples}", resources="light",
         doc="reference test images evenly spaced in log p (Figures 3, 4, 5)"),
     Stage(
+        name="gumbel", entry="dsm.analysis.gumbel", reads=("gumbel",),
+        inputs={"logp": FULL_LOGP},
+        outputs={"gumbel": GUMBEL, "details": "results/{scale}/full/gumbel-details.json"},
+        args="{input.logp} --out {output.gumbel} --details {output.details}", resources="light",
+        doc="maximum-likelihood Gumbel fit of the test set's log p, with bootstrap intervals and rivals"),
+    Stage(
+        name="probes", entry="dsm.analysis.probes",
+        reads=("figures.fig3.noise_images", "figures.fig3.noise_seed", "resources.evaluate.threads"),
+        inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES}, outputs={"probes": PROBES},
+        args="--model {input.model} --norm {input.norm} --data {input.data} --out {output.probes}",
+        resources="evaluate",
+        doc="log p of uniform-noise images and of the constant 0.5 image under the full model (Figure 3)"),
+    Stage(
+        name="fig3", entry="dsm.figures.fig3", reads=("figures.fig3.bins", "figures.fig3.lim"),
+        inputs={"logp": FULL_LOGP, "gumbel": GUMBEL, "examples": EXAMPLES, "probes": PROBES, "data": IMAGES},
+        outputs={"pdf": "figures/fig3.pdf"},
+        args="--logp {input.logp} --gumbel {input.gumbel} --examples {input.examples}"
+             " --probes {input.probes} --data {input.data} --out {output.pdf}", resources="light",
+        doc="Figure 3: histogram of test log p with the Gumbel fit, probes and example images"),
+    Stage(
+        name="fig678", entry="dsm.figures.fig678", reads=("figures.fig678",),
+        inputs={"logp": FULL_LOGP, "data": IMAGES}, outputs=dict(FIG678),
+        args="--logp {input.logp} --data {input.data} --highest {output.highest}"
+             " --lowest {output.lowest} --spaced {output.spaced}", resources="light",
+        doc="Figures 6-8: grids of the highest, lowest and evenly spaced log p test images"),
+    Stage(
+        name="table2", entry="dsm.figures.table2",
+        reads=("table2", "evaluate.batch_size", "resources.evaluate.threads"),
+        inputs={"logp": FULL_LOGP, "data": IMAGES, "model": FULL_MODEL, "norm": FULL_NORM},
+        outputs=dict(TABLE2),
+        args="--logp {input.logp} --data {input.data} --model {input.model} --norm {input.norm}"
+             " --csv {output.csv} --md {output.md} --tex {output.tex}", resources="evaluate",
+        doc="Table 2: test-set NLL in bits/dim (8-bit shift, dequantization, exact entropy on field)"),
+    Stage(
         name="compare", entry="dsm.analysis.generalization", reads=("split", "seeds"),
         inputs={"tables": Each(LOGP, LOGP_DIR)},
         outputs={"metrics": "results/{scale}/fig2_metrics.json", "by_n": "results/{scale}/fig2_by_N.csv"},
@@ -212,7 +251,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
 ]}
 
 # What `snakemake all` (and the README's `make figures`) builds: the paper's figures.
-TARGETS = ("figures/fig1.pdf", "figures/fig2.pdf", EXAMPLES, FULL_SCORE_MODEL)
+TARGETS = ("figures/fig1.pdf", "figures/fig2.pdf", EXAMPLES, FULL_SCORE_MODEL,
+           "figures/fig3.pdf", *FIG678.values(), GUMBEL, *TABLE2.values())
 
 
 def stage(name: str) -> Stage:
@@ -244,7 +284,7 @@ def check_table(root=".") -> None:
 
 
 # DVC: files shown by `dvc metrics show/diff`, and `dvc plots show` (path, plot spec).
-METRICS = ("results/{scale}/fig2_metrics.json", "results/{scale}/fig1/metrics.json")
+METRICS = ("results/{scale}/fig2_metrics.json", "results/{scale}/fig1/metrics.json", GUMBEL)
 PLOTS = (("results/{scale}/fig2_by_N.csv",
           {"x": "N", "y": ["rms_db", "pearson_r"],
            "title": "Figure 2: A vs B disagreement on training images against N"}),)

@@ -35,3 +35,21 @@ rule examples:
         **resources_of("examples"),
     shell:
         shell_of("examples")
+
+
+rule gumbel:
+    input:
+        **inputs("gumbel"),
+    output:
+        **outputs("gumbel"),
+    params:
+        reads=reads("gumbel"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("gumbel"),
+    threads: res("gumbel", "threads")
+    resources:
+        **resources_of("gumbel"),
+    shell:
+        shell_of("gumbel")

@@ -81,3 +81,21 @@ rule evaluate_full:
         **resources_of("evaluate_full"),
     shell:
         shell_of("evaluate_full")
+
+
+rule probes:
+    input:
+        **inputs("probes"),
+    output:
+        **outputs("probes"),
+    params:
+        reads=reads("probes"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("probes"),
+    threads: res("probes", "threads")
+    resources:
+        **resources_of("probes"),
+    shell:
+        shell_of("probes")

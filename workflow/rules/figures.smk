@@ -52,3 +52,57 @@ rule publish_fig1:
     threads: 1
     shell:
         shell_of("publish_fig1")
+
+
+rule fig3:
+    input:
+        **inputs("fig3"),
+    output:
+        **outputs("fig3"),
+    params:
+        reads=reads("fig3"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("fig3"),
+    threads: res("fig3", "threads")
+    resources:
+        **resources_of("fig3"),
+    shell:
+        shell_of("fig3")
+
+
+rule fig678:
+    input:
+        **inputs("fig678"),
+    output:
+        **outputs("fig678"),
+    params:
+        reads=reads("fig678"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("fig678"),
+    threads: res("fig678", "threads")
+    resources:
+        **resources_of("fig678"),
+    shell:
+        shell_of("fig678")
+
+
+rule table2:
+    input:
+        **inputs("table2"),
+    output:
+        **outputs("table2"),
+    params:
+        reads=reads("table2"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("table2"),
+    threads: res("table2", "threads")
+    resources:
+        **resources_of("table2"),
+    shell:
+        shell_of("table2")

@@ -1,0 +1,186 @@
+"""Figure 3: the distribution of log p over the test set, its Gumbel fit, and images along it.
+
+Plotting only. Reads the full model's per-image table of the whole test set
+(``results/<scale>/full/logp-test.parquet``), the Gumbel fit (``dsm gumbel``:
+``results/<scale>/full/gumbel.json``), the reference images (``dsm examples``:
+``examples.json``), the probes (``dsm probes``: ``probes.json``) and the prepared store
+(for the pixels).
+
+Layout (the paper's Figure 3): below, the histogram of log p in dB/dim (a density: the
+bars integrate to 1) with the fitted ``gumbel_r`` density; on a source with an exact
+density (``field``) also the histogram of the exact log p of the same images (a gray
+step line). Above, a row of images ordered by log p, each with an arrow to its log p on
+the axis and its value: the uniform-noise probe (leftmost), the reference test images
+(evenly spaced in log p), the constant-0.5 probe (rightmost). A probe far outside the
+data (more than the data's range beyond it) is drawn at the border with its value, so
+the histogram stays readable; ``figures.fig3.lim`` fixes the limits instead.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dsm.analysis.gumbel import LOGP, check_values, gumbel_density
+from dsm.analysis.probes import probe_images
+from dsm.errors import DsmError
+from dsm.figures.images import show_image
+from dsm.figures.output import save_figure
+
+EXACT = "exact_logp_db_per_dim"
+
+
+def fig3_params(cfg: dict) -> dict:
+    """``figures.fig3`` of a scale section, validated, with the schema's defaults."""
+    from dsm.config import resolve_section
+
+    return resolve_section(((cfg or {}).get("figures") or {}).get("fig3"), "fig3", "figures.fig3")
+
+
+def _limits(values, probes, lim):
+    """x limits and, per probe, where its arrow lands (inside, or at the border)."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if lim is not None:
+        lo, hi = float(lim[0]), float(lim[1])
+    else:
+        width = hi - lo or 1.0
+        for v in probes:                      # take in the probes that are not far away
+            if lo - width <= v < lo:
+                lo = v
+            if hi < v <= hi + width:
+                hi = v
+        pad = 0.04 * (hi - lo)
+        lo, hi = lo - pad, hi + pad
+    return lo, hi
+
+
+def plot_fig3(values, gumbel: dict, items: list[dict], p: dict, path, exact=None, title=None) -> None:
+    """values: test log p (dB/dim); gumbel: the metrics of `dsm gumbel` (loc/scale in dB/dim);
+    items: images of the top row, each {"image": (C,H,W), "logp": dB/dim, "label": str,
+    "probe": bool}, drawn in order of log p; exact: exact log p of the same test images or None."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import ConnectionPatch
+
+    values = np.asarray(values, np.float64)
+    data_values = values if exact is None else np.concatenate([values, exact])
+    lo, hi = _limits(data_values, [it["logp"] for it in items if it["probe"]], p["lim"])
+    fig = plt.figure(figsize=(7.2, 5.2))
+    ax = fig.add_axes([0.08, 0.25, 0.9, 0.42])
+    bins = np.linspace(lo, hi, int(p["bins"]) + 1)
+    ax.hist(np.clip(values, lo, hi), bins=bins, density=True, color="tab:blue", alpha=0.55,
+            label=f"model, {len(values):,} test images")
+    if exact is not None:
+        ax.hist(np.clip(exact, lo, hi), bins=bins, density=True, histtype="step", color="0.25", lw=1.0,
+                label="exact log p (same images)")
+    grid = np.linspace(lo, hi, 600)
+    loc, scale = gumbel["loc_db_per_dim"], gumbel["scale_db_per_dim"]
+    curve = gumbel_density(grid, loc, scale)
+    ax.plot(grid, curve, color="tab:red", lw=1.4,
+            label=f"Gumbel fit: loc {loc:.3g}, scale {scale:.3g} dB/dim")
+    heights = np.histogram(np.clip(values, lo, hi), bins=bins, density=True)[0]
+    top = max(curve.max(), heights.max())
+    ax.set_ylim(0, 1.12 * top)
+    ax.set_xlim(lo, hi)
+    ax.set_xlabel("log p (dB/dim)")
+    ax.set_ylabel("density (per dB/dim)")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+    g = {k[: -len("_db_per_dim")]: v for k, v in gumbel.items() if k.endswith("_db_per_dim")}
+    stats = [f"95 % intervals: loc [{g['loc_ci95_lo']:.3g}, {g['loc_ci95_hi']:.3g}], "
+             f"scale [{g['scale_ci95_lo']:.3g}, {g['scale_ci95_hi']:.3g}]" if "loc_ci95_lo" in g else "", f"best by AIC: {gumbel.get('best_by_aic')}",
+             f"mean log p {gumbel['mean_db_per_dim']:.3g} dB/dim"
+             + (f" (entropy {gumbel['entropy_db_per_dim']:.3g})" if "entropy_db_per_dim" in gumbel else ""),
+             f"range {gumbel['range_db_per_dim']:.3g}"]
+    fig.text(0.53, 0.025, "; ".join(t for t in stats if t), fontsize=7, ha="center")
+    ax.tick_params(labelsize=8)
+
+    # the row of images, with arrows to their log p
+    items = sorted(items, key=lambda it: it["logp"])   # arrows do not cross
+    k = len(items)
+    size = min(0.11, 0.86 / max(k, 1) * 0.85)          # width as a fraction of the figure
+    h = size * 7.2 / 5.2
+    xs = np.linspace(0.08 + size / 2, 0.98 - size / 2, k) if k > 1 else np.array([0.53])
+    for x0, it in zip(xs, items):
+        iax = fig.add_axes([x0 - size / 2, 0.76, size, h])
+        show_image(iax, it["image"])
+        iax.set_title(it["label"], fontsize=6, pad=2)
+        v = it["logp"]
+        inside = lo <= v <= hi
+        xv = min(max(v, lo), hi)
+        # the arrow ends just above the bar or the curve at its log p, inside the axes
+        bar = heights[min(max(int(np.searchsorted(bins, xv, side="right")) - 1, 0), len(heights) - 1)]
+        yv = min(max(float(gumbel_density(xv, loc, scale)), bar) + 0.03 * top, 1.08 * top) if inside else 0.02 * top
+        color = "tab:purple" if it["probe"] else "k"
+        fig.add_artist(ConnectionPatch(xyA=(0.5, -0.02), coordsA=iax.transAxes, xyB=(xv, yv), coordsB=ax.transData,
+                                       arrowstyle="-|>", lw=0.6, color=color, mutation_scale=7,
+                                       linestyle="-" if inside else ":"))
+        if not inside:
+            ax.annotate(f"{'<' if v < lo else '>'} {v:.3g}", (xv, 0.08 * top), fontsize=6, color=color,
+                        ha="left" if v < lo else "right")
+    if title:
+        fig.suptitle(title, fontsize=8, y=0.995)
+    save_figure(fig, path)
+
+
+def _read_json(path, what: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DsmError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise DsmError(f"{path}: not valid JSON") from None
+
+
+def fig3_from_params(cfg: dict, logp, gumbel, examples, probes, data, out) -> None:
+    """`dsm fig3`: Figure 3 of the scale from the outputs of `dsm evaluate --full`, `dsm gumbel`,
+    `dsm examples` and `dsm probes`."""
+    import pandas as pd
+
+    from dsm.data.store import open_store
+
+    p = fig3_params(cfg)
+    path = Path(logp)
+    if not path.is_file():
+        raise DsmError(f"{path}: per-image table not found (run `dsm evaluate --full`)")
+    table = pd.read_parquet(path)
+    values = check_values(table, LOGP, str(path))
+    g = _read_json(gumbel, "Gumbel fit (run `dsm gumbel`)")
+    if g.get("column") != LOGP or "loc_db_per_dim" not in g:
+        raise DsmError(f"{gumbel}: not a fit of {LOGP} (column {g.get('column')!r})")
+    ex = _read_json(examples, "reference images (run `dsm examples`)")
+    pr = _read_json(probes, "probes (run `dsm probes`)")
+    test = open_store(data, "test")
+    exact = None
+    if EXACT in table.columns and table[EXACT].notna().all():
+        exact = table[EXACT].to_numpy(np.float64)
+    by_index = table.set_index("image_index")
+    rows = ex.get("examples") or []
+    if not rows:
+        raise DsmError(f"{examples}: no examples")
+    idx = np.array([int(r["image_index"]) for r in rows], np.int64)
+    pixels = test.images(idx)
+    probe_px = probe_images(test.shape, 1, int(pr["noise"]["seed"]))
+    items = [_probe_item("uniform noise", probe_px["noise"][0], pr["noise"])]
+    for r, img in zip(rows, pixels):
+        lp = float(r[LOGP])
+        label = f"{lp:.2f}"
+        if exact is not None:
+            label += f"\n(exact {float(by_index.loc[int(r['image_index']), EXACT]):.2f})"
+        items.append({"image": img, "logp": lp, "label": label, "probe": False})
+    items.append(_probe_item(f"constant {pr['constant']['value']:g}", probe_px["constant"][0], pr["constant"]))
+    dataset = str(table["dataset"].iloc[0]) if "dataset" in table.columns else ""
+    title = (f"{dataset} ({cfg.get('name', '')}): log p of the {len(values):,} test images under the full model "
+             f"({test.shape[0]}×{test.shape[1]}×{test.shape[2]})")
+    plot_fig3(values, g, items, p, out, exact=exact, title=title)
+
+
+def _probe_item(name: str, image, block: dict) -> dict:
+    label = f"{name}\n{block['logp_db_per_dim']:.3g}"
+    if "exact_logp_db_per_dim" in block:
+        label += f" (exact {block['exact_logp_db_per_dim']:.3g})"
+    return {"image": image, "logp": float(block["logp_db_per_dim"]), "label": label, "probe": True}
