@@ -381,6 +381,91 @@ def _run_table2(args):
 BUILDERS += [_add_gumbel, _add_probes, _add_fig3, _add_fig678, _add_table2]
 
 
+# --- estimators side by side, and log p of a user's own images -----------------------
+
+def _add_estimators(sub):
+    p = sub.add_parser("estimators", help="one-shot log p against the integrating estimators",
+                       description="On the first estimators.n_images test images: one-shot, denoising "
+                                   "bound, probability-flow ODE and SDE estimates of log p for the model "
+                                   "and (on exact sources) the exact density; bias, spread, NFE, seconds.")
+    _add_params_options(p)
+    p.add_argument("--model", required=True, help="full energy model (model.pt)")
+    p.add_argument("--norm", required=True, help="its normalization JSON (from `dsm normalize`)")
+    p.add_argument("--data", required=True, help="prepared store directory (test and train parts)")
+    p.add_argument("--out", required=True, help="output CSV, one row per (density, estimator)")
+    p.add_argument("--images-out", required=True, help="output Parquet, one row per image and run")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_estimators)
+
+
+def _run_estimators(args):
+    from dsm.analysis.estimators import estimators_from_params
+
+    estimators_from_params(_scale_cfg(args), model=args.model, norm=args.norm, data=args.data,
+                           out=args.out, images_out=args.images_out, device=args.device)
+
+
+def _add_fig_estimators(sub):
+    p = sub.add_parser("fig-estimators", help="the estimators figure (error and cost per image)",
+                       description="Plot the CSV and per-image table of `dsm estimators`.")
+    _add_params_options(p)
+    p.add_argument("--csv", required=True, help="CSV from `dsm estimators`")
+    p.add_argument("--images", required=True, help="per-image Parquet from `dsm estimators`")
+    p.add_argument("--out", required=True, help="output PDF")
+    p.set_defaults(func=_run_fig_estimators)
+
+
+def _run_fig_estimators(args):
+    from dsm.figures.estimators import fig_estimators_from_params
+
+    fig_estimators_from_params(_scale_cfg(args), csv=args.csv, images=args.images, out=args.out)
+
+
+def _add_logp(sub):
+    p = sub.add_parser("logp", help="log p of your own images (PNG/JPEG files, folders, .npy/.npz)",
+                       description="Per-image log p under a trained energy model, one Parquet row per "
+                                   "image (dB/dim, nats/dim, bits/dim of the 8-bit convention). Images "
+                                   "are converted like 8-bit training data (/255; ITU-R 601 luma for a "
+                                   "one-channel model) and must have the model's size unless --resize.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="PNG/JPEG files, folders of them (recursive), .npy or .npz arrays "
+                        "((n, C, H, W) or (n, H, W); uint8, or float in [0, 1])")
+    p.add_argument("--model", required=True, help="trained energy model (model.pt)")
+    p.add_argument("--norm", default=None,
+                   help="normalization JSON (default: norm.json beside the model, or the pipeline's "
+                        "results/<scale>/... file of a model at its pipeline location)")
+    p.add_argument("--out", required=True, help="output Parquet")
+    p.add_argument("--estimator", default="one-shot", choices=["one-shot", "mse-bound", "ode", "sde"],
+                   help="one-shot (default: one network evaluation) or an integrating estimator")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="estimator option, e.g. n_t=32, paths=4, rtol=1e-4, trace=hutchinson")
+    p.add_argument("--prior", default="model", choices=["model", "gaussian"],
+                   help="term at t_max of the integrating estimators (default: the model's own U + c)")
+    p.add_argument("--prior-mean", type=float, default=None, help="gaussian prior: mean pixel value m")
+    p.add_argument("--prior-var", type=float, default=None, help="gaussian prior: data variance per value v")
+    p.add_argument("--resize", action="store_true",
+                   help="resize image files of another size (shorter side, Lanczos; center crop)")
+    p.add_argument("--allow-unclipped", action="store_true",
+                   help="accept float arrays outside [0, 1] (e.g. the synthetic field images)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="seed of the integrating estimators' noise")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: as set)")
+    p.set_defaults(func=_run_logp)
+
+
+def _run_logp(args):
+    from dsm.logp import logp
+
+    logp(args.model, args.inputs, args.out, norm=args.norm, estimator=args.estimator,
+         options=args.option, prior=args.prior, prior_mean=args.prior_mean, prior_var=args.prior_var,
+         seed=args.seed, batch_size=args.batch_size, resize=args.resize,
+         allow_unclipped=args.allow_unclipped, device=args.device, threads=args.threads)
+
+
+BUILDERS += [_add_estimators, _add_fig_estimators, _add_logp]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsm", description="Normalized image densities by dual score matching.")

@@ -121,6 +121,8 @@ PROBES = "results/{scale}/full/probes.json"
 TABLE2 = {"csv": "results/{scale}/table2.csv", "md": "results/{scale}/table2.md",
           "tex": "results/{scale}/table2.tex"}
 FIG678 = {"highest": "figures/fig6.pdf", "lowest": "figures/fig7.pdf", "spaced": "figures/fig8.pdf"}
+ESTIMATORS_CSV = "results/{scale}/estimators.csv"
+ESTIMATORS_IMAGES = "results/{scale}/estimators-images.parquet"
 TRAIN_READS = ("model", "train", "resources.train.threads")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
@@ -244,6 +246,21 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         args="--out results/{scale}/fig1", resources="train", exec_=True, benchmark=True,
         doc="Figure 1: single vs dual score matching on a Gaussian scale mixture (trains 2 models)"),
     Stage(
+        name="estimators", entry="dsm.analysis.estimators",
+        reads=("estimators", "resources.evaluate.threads"),
+        inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES},
+        outputs={"csv": ESTIMATORS_CSV, "images": ESTIMATORS_IMAGES},
+        args="--model {input.model} --norm {input.norm} --data {input.data}"
+             " --out {output.csv} --images-out {output.images}",
+        resources="evaluate", benchmark=True,
+        doc="one-shot log p against the denoising bound, the ODE and the SDE estimator: bias, spread, cost"),
+    Stage(
+        name="fig_estimators", entry="dsm.figures.estimators", subcommand="fig-estimators", reads=(),
+        inputs={"csv": ESTIMATORS_CSV, "images": ESTIMATORS_IMAGES},
+        outputs={"pdf": "figures/estimators.pdf"},
+        args="--csv {input.csv} --images {input.images} --out {output.pdf}", resources="light",
+        doc="the estimators figure: error against the exact log p and cost per image"),
+    Stage(
         name="publish_fig1", entry=None, reads=(),
         inputs={"pdf": "results/{scale}/fig1/fig1.pdf"}, outputs={"pdf": "figures/fig1.pdf"},
         args="", command="cp {input.pdf} {output.pdf}", resources="light",
@@ -252,7 +269,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
 
 # What `snakemake all` (and the README's `make figures`) builds: the paper's figures.
 TARGETS = ("figures/fig1.pdf", "figures/fig2.pdf", EXAMPLES, FULL_SCORE_MODEL,
-           "figures/fig3.pdf", *FIG678.values(), GUMBEL, *TABLE2.values())
+           "figures/fig3.pdf", *FIG678.values(), GUMBEL, *TABLE2.values(),
+           "figures/estimators.pdf")
 
 
 def stage(name: str) -> Stage:

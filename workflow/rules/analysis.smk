@@ -53,3 +53,21 @@ rule gumbel:
         **resources_of("gumbel"),
     shell:
         shell_of("gumbel")
+rule estimators:
+    input:
+        **inputs("estimators"),
+    output:
+        **outputs("estimators"),
+    params:
+        reads=reads("estimators"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("estimators"),
+    benchmark:
+        benchmark_of("estimators")
+    threads: res("estimators", "threads")
+    resources:
+        **resources_of("estimators"),
+    shell:
+        shell_of("estimators")

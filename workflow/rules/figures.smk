@@ -106,3 +106,19 @@ rule table2:
         **resources_of("table2"),
     shell:
         shell_of("table2")
+rule fig_estimators:
+    input:
+        **inputs("fig_estimators"),
+    output:
+        **outputs("fig_estimators"),
+    params:
+        reads=reads("fig_estimators"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("fig_estimators"),
+    threads: res("fig_estimators", "threads")
+    resources:
+        **resources_of("fig_estimators"),
+    shell:
+        shell_of("fig_estimators")

@@ -1,0 +1,213 @@
+"""A user's own images for ``dsm logp``: image files, folders and arrays, converted the
+way the model's training data was.
+
+Inputs, any mix, in the order given (each name a path):
+
+* PNG/JPEG files (``.png``, ``.jpg``, ``.jpeg``, any case);
+* folders: every such file below them (recursively), sorted by relative path;
+* ``.npy`` arrays (memory-mapped and streamed: any size) and ``.npz`` archives (every
+  array in the archive's order, each loaded whole, one at a time).
+
+What is assumed. A model file holds the image shape [C, H, W] it was trained on, not
+the training data's store meta, so the conversion assumed is the one ``dsm prepare``
+applies to 8-bit sources (``dsm.data.folder``, ``dsm.data.convert``):
+
+* image files must be 8-bit (a 16-bit PNG is refused rather than truncated); PIL
+  decodes them to RGB (palettes expanded, alpha dropped, grayscale replicated), a
+  one-channel model then takes the ITU-R 601 luma rounded to 8 bits, and values are
+  divided by 255 (float32, exactly as ``Store.images`` scales a uint8 store);
+* the size must be H x W; with ``resize`` the shorter side is resized to H (Lanczos)
+  and the center square cropped, as ``data.image_size`` does for the ``folder`` source;
+* arrays are (n, C, H, W), or (n, H, W) for a one-channel model; uint8 (divided by 255)
+  or float in [0, 1] (float16/32/64, cast to float32); ``allow_unclipped`` accepts finite
+  floats outside [0, 1] (the synthetic ``field`` images are not clipped). Arrays are
+  never resized.
+
+Anything else (a corrupt or truncated file, another size, another bit depth or dtype,
+an empty folder) is a :class:`DsmError` naming the file, raised by :func:`scan` (headers
+only, before any work) or, for what only decoding reveals, by :func:`batches`.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from dsm.errors import DsmError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+ARRAY_EXTENSIONS = (".npy", ".npz")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input unit: an image file, or one array (of a .npy file or a .npz member)."""
+
+    kind: str            # image | npy | npz
+    path: Path
+    count: int           # images in it
+    key: str | None = None
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    with open(path, "rb") as f:
+        head = f.read(33)
+    if head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return head[24]
+
+
+def _scan_image(path: Path, shape, resize: bool) -> Item:
+    from PIL import Image, UnidentifiedImageError
+
+    c, h, w = shape
+    try:
+        with Image.open(path) as im:
+            mode, size = im.mode, im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DsmError(f"{path}: cannot read image: {e}") from None
+    depth = _png_bit_depth(path) if path.suffix.lower() == ".png" else None
+    if (depth is not None and depth > 8) or mode.startswith(("I", "F")):
+        raise DsmError(f"{path}: {depth or 16}-bit image (mode {mode}); only 8-bit images are supported "
+                       f"(the model's pixels are 8-bit values / 255): convert it to 8 bits")
+    if size != (w, h) and not resize:
+        raise DsmError(f"{path}: size {size[0]}x{size[1]} does not match the model's {w}x{h} "
+                       f"(pass --resize to resize the shorter side and center-crop)")
+    return Item("image", path, 1)
+
+
+def _check_array_shape(where: str, shape, dtype, model_shape) -> int:
+    c, h, w = model_shape
+    ok = (len(shape) == 4 and tuple(shape[1:]) == (c, h, w)) or (len(shape) == 3 and c == 1 and tuple(shape[1:]) == (h, w))
+    if not ok:
+        want = f"(n, {c}, {h}, {w})" + (f" or (n, {h}, {w})" if c == 1 else "")
+        raise DsmError(f"{where}: array of shape {tuple(shape)} does not fit the model: expected {want}")
+    if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating)):
+        raise DsmError(f"{where}: dtype {dtype} not supported (expected uint8, or float in [0, 1])")
+    if shape[0] == 0:
+        raise DsmError(f"{where}: empty array (no images)")
+    return int(shape[0])
+
+
+def _npz_headers(path: Path) -> list[tuple[str, tuple, np.dtype]]:
+    """(key, shape, dtype) of every array of an .npz, from the headers only."""
+    out = []
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                if not name.endswith(".npy"):
+                    continue
+                with zf.open(name) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(f)
+                out.append((name[:-4], shape, dtype))
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise DsmError(f"{path}: cannot read .npz archive: {e}") from None
+    if not out:
+        raise DsmError(f"{path}: no arrays in the archive")
+    return out
+
+
+def scan(inputs, shape, resize: bool = False) -> list[Item]:
+    """Every input unit, validated from headers (files, sizes, modes, shapes, dtypes)."""
+    items: list[Item] = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            files = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+                           key=lambda p: p.relative_to(path).as_posix())
+            if not files:
+                raise DsmError(f"{path}: no PNG/JPEG images (.png, .jpg, .jpeg) in this folder")
+            items += [_scan_image(p, shape, resize) for p in files]
+        elif not path.exists():
+            raise DsmError(f"{path}: not found")
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            items.append(_scan_image(path, shape, resize))
+        elif path.suffix.lower() == ".npy":
+            try:
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise DsmError(f"{path}: cannot read .npy array: {e}") from None
+            items.append(Item("npy", path, _check_array_shape(str(path), arr.shape, arr.dtype, shape)))
+        elif path.suffix.lower() == ".npz":
+            for key, shp, dtype in _npz_headers(path):
+                items.append(Item("npz", path, _check_array_shape(f"{path}[{key}]", shp, dtype, shape), key))
+        else:
+            raise DsmError(f"{path}: unsupported file type (expected .png, .jpg, .jpeg, .npy, .npz or a folder)")
+    if not items:
+        raise DsmError("no input images")
+    return items
+
+
+def _to_float(where: str, a: np.ndarray, model_shape, allow_unclipped: bool) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim == 3:
+        a = a[:, None]
+    if a.dtype == np.uint8:
+        out = a.astype(np.float32)
+        out *= np.float32(1 / 255)
+        return out
+    out = a.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise DsmError(f"{where}: non-finite values")
+    if not allow_unclipped and (out.min() < 0 or out.max() > 1):
+        raise DsmError(f"{where}: float values outside [0, 1] (min {out.min():.4g}, max {out.max():.4g}); "
+                       f"pixels must be in [0, 1] (or pass --allow-unclipped, e.g. for field images)")
+    return out
+
+
+def _image_pixels(items: list[Item], shape, resize: bool) -> np.ndarray:
+    from dsm.data.convert import convert_uint8
+    from dsm.data.folder import load_image
+
+    c, h, _ = shape
+    px = np.stack([load_image(it.path, h if resize else None) for it in items])
+    px = convert_uint8(px, c, None)
+    out = px.astype(np.float32)
+    out *= np.float32(1 / 255)
+    return out
+
+
+def batches(items: list[Item], shape, batch_size: int, resize: bool = False,
+            allow_unclipped: bool = False) -> Iterator[tuple[dict, np.ndarray]]:
+    """(columns, x) per batch: columns ``file`` (str), ``key`` (npz member or None),
+    ``index`` (position in the array, None for image files); x float32 (b, C, H, W).
+    Image files are grouped into batches; arrays are read ``batch_size`` images at a time."""
+    pending: list[Item] = []
+
+    def flush():
+        x = _image_pixels(pending, shape, resize)
+        cols = {"file": [str(it.path) for it in pending], "key": [None] * len(pending),
+                "index": [None] * len(pending)}
+        pending.clear()
+        return cols, x
+
+    for it in items:
+        if it.kind == "image":
+            pending.append(it)
+            if len(pending) == batch_size:
+                yield flush()
+            continue
+        if pending:
+            yield flush()
+        if it.kind == "npy":
+            arr = np.load(it.path, mmap_mode="r", allow_pickle=False)
+            where = str(it.path)
+        else:
+            with np.load(it.path, allow_pickle=False) as z:
+                arr = z[it.key]
+            where = f"{it.path}[{it.key}]"
+        for a in range(0, it.count, batch_size):
+            b = min(it.count, a + batch_size)
+            x = _to_float(f"{where} images {a}..{b - 1}", arr[a:b], shape, allow_unclipped)
+            yield ({"file": [str(it.path)] * (b - a), "key": [it.key] * (b - a),
+                    "index": list(range(a, b))}, x)
+    if pending:
+        yield flush()
