@@ -18,7 +18,9 @@ densities solve the heat equation ∂_t p = ½ Δp, that is, for U = -log p,
     ∂_t U = ½ ΔU - ½ |∇U|².                                                       (H)
 
 T = t_max (the model's training ``t_max``). Signs: every quantity below is an energy
-(-log p, nats); a positive ``nll_nats`` is a density below 1.
+(-log p, nats); a positive ``nll_nats`` is a density below 1. Equation numbers are those
+the project cites for the paper's appendix (arXiv 2506.05310); the formulas below are
+derived here from (H), Itô's formula and Stein's lemma, not copied.
 
 ``one-shot`` (METHOD §6): -log p(x) = U(x, 0) + c. One forward pass.
 
@@ -193,7 +195,7 @@ class EnergyField:
             k = min(k_total, a + per_chunk) - a
             if exact:
                 v = torch.zeros(k, d, dtype=self.dtype, device=self.device)
-                v[torch.arange(k), torch.arange(a, a + k)] = 1.0
+                v[torch.arange(k, device=self.device), torch.arange(a, a + k, device=self.device)] = 1.0
                 v = v.reshape(1, k, *shape).expand(b, k, *shape)
             else:
                 v = probes[:, a:a + k].to(self.device, self.dtype)

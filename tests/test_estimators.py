@@ -227,6 +227,54 @@ def test_bad_names_and_options_are_errors(field):
     assert isinstance(fld, EnergyField)
 
 
+# --- the comparison table and figure ------------------------------------------------------
+
+def _per_image(exact: bool):
+    """Two images, one-shot (deterministic) and sde (2 repeats), known numbers in dB/dim."""
+    import pandas as pd
+
+    rows = []
+    for density in ("model", "exact") if exact else ("model",):
+        for img, truth in ((0, 1.0), (1, 3.0)):
+            one = truth + (0.5 if density == "model" else 0.0)
+            rows.append(dict(density=density, estimator="one-shot", repeat=0, image_index=img, logp_db_per_dim=one,
+                             seconds=0.001, cpu_seconds=0.0005, nfe=1.0, se_nats=0.0))
+            for r, dev in ((0, -0.1), (1, 0.3)):
+                rows.append(dict(density=density, estimator="sde", repeat=r, image_index=img,
+                                 logp_db_per_dim=truth + dev, seconds=0.5, cpu_seconds=0.2, nfe=40.0, se_nats=2.0))
+    df = pd.DataFrame(rows)
+    df["exact_logp_db_per_dim"] = df["image_index"].map({0: 1.0, 1: 3.0}) if exact else np.nan
+    one = df[df.estimator == "one-shot"][["density", "image_index", "logp_db_per_dim"]]
+    df = df.merge(one.rename(columns={"logp_db_per_dim": "one_shot_logp_db_per_dim"}), on=["density", "image_index"])
+    return df.assign(d=64, options="", image_id=df["image_index"].astype(str))
+
+
+def test_summary_columns_from_known_numbers(tmp_path):
+    from dsm.analysis.estimators import summarize
+    from dsm.figures.estimators import fig_estimators
+    from dsm.figures.output import save_figure
+
+    s = summarize(_per_image(True), tolerance_db=0.05).set_index(["density", "estimator"])
+    sde, one = s.loc[("model", "sde")], s.loc[("model", "one-shot")]
+    assert one["bias_db_per_dim"] == pytest.approx(0.5) and one["sd_repeats_db_per_dim"] == 0
+    assert sde["bias_db_per_dim"] == pytest.approx(0.1)               # mean of -0.1 and 0.3
+    assert sde["bias_se_db_per_dim"] == pytest.approx(0.0)            # both images err 0.1 on average
+    assert sde["rms_error_db_per_dim"] == pytest.approx(math.sqrt((0.01 + 0.09) / 2))
+    assert sde["sd_repeats_db_per_dim"] == pytest.approx(math.sqrt(0.08))   # sd of (-0.1, 0.3)
+    assert sde["diff_one_shot_db_per_dim"] == pytest.approx(-0.4)
+    assert sde["one_shot_speedup"] == pytest.approx(500) and sde["one_shot_speedup_cpu"] == pytest.approx(400)
+    assert sde["mc_se_db_per_dim"] == pytest.approx(2.0 * 10 / (64 * math.log(10)))
+    assert sde["repeats"] == 2 and sde["n_images"] == 2 and sde["images_per_second"] == pytest.approx(2.0)
+    assert s.loc[("exact", "sde"), "within_tolerance"] is False                 # 0.1 > 0.05 + 3·0
+    assert s.loc[("exact", "one-shot"), "within_tolerance"] is True
+    assert sde["within_tolerance"] is None and np.isnan(sde["tolerance_db_per_dim"])
+    assert save_figure(fig_estimators(s.reset_index(), _per_image(True)), tmp_path / "a.pdf").stat().st_size > 0
+    # a source without an exact density: no bias columns, the figure against the one-shot value
+    s2 = summarize(_per_image(False), tolerance_db=0.05)
+    assert s2["bias_db_per_dim"].isna().all() and s2["within_tolerance"].isna().all()
+    assert save_figure(fig_estimators(s2, _per_image(False)), tmp_path / "b.pdf").stat().st_size > 0
+
+
 # --- the pipeline stage at the smoke scale ------------------------------------------------
 
 @pytest.mark.slow
