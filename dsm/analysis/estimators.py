@@ -43,8 +43,8 @@ Outputs:
   ===========================  ==============================================================
 
   plus ``options`` (the estimator's settings), ``prior``, ``n_images``, ``repeats``, ``d``,
-  ``c_nats``, ``model_sha256``, ``params_sha256``, ``code_version``. The bias columns
-  are empty on sources without an exact density.
+  ``c_nats``, ``model_sha256``, ``params_sha256``, ``code_version``. On sources without an
+  exact density there are only ``model`` rows and no bias, RMS-error or tolerance columns.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ from dsm.errors import DsmError
 from dsm.estimators import ESTIMATORS, ExactEnergy, ModelEnergy, Prior, estimate
 
 DENSITIES = ("model", "exact")
+EXACT_COLUMNS = ("bias_db_per_dim", "bias_se_db_per_dim", "rms_error_db_per_dim", "tolerance_db_per_dim",
+                 "within_tolerance")
 
 
 def estimator_options(ecfg: dict, name: str, exact: bool) -> dict:
@@ -197,6 +199,8 @@ def summarize(per_image: pd.DataFrame, tolerance_db: float) -> pd.DataFrame:
     df["tolerance_db_per_dim"] = np.where(exact, float(tolerance_db), np.nan)
     within = df["bias_db_per_dim"].abs() <= tolerance_db + 3 * df["bias_se_db_per_dim"].fillna(0.0)
     df["within_tolerance"] = [bool(w) if e else None for w, e in zip(within, exact)]
+    if not np.isfinite(df["bias_db_per_dim"]).any():          # no exact density: no bias columns
+        df = df.drop(columns=list(EXACT_COLUMNS))
     return df
 
 
