@@ -447,7 +447,8 @@ def _add_logp(sub):
                    help="resize image files of another size (shorter side, Lanczos; center crop)")
     p.add_argument("--allow-unclipped", action="store_true",
                    help="accept float arrays outside [0, 1] (e.g. the synthetic field images)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="images per batch (memory is bounded by one batch; default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the integrating estimators' noise")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: as set)")

@@ -112,7 +112,13 @@ def parse_options(items) -> dict:
         if "=" not in item:
             raise DsmError(f"--option {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        v = yaml.safe_load(v)
+        if isinstance(v, str):                        # YAML reads 1e-4 (no dot) as a string
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        out[k.strip()] = v
     return out
 
 

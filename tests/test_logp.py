@@ -225,6 +225,13 @@ def test_normalization_file_of_a_model_at_its_pipeline_location(tmp_path):
         assert find_norm(tmp_path / model, "given.json") == type(tmp_path)("given.json")
 
 
+def test_estimator_options_from_the_command_line():
+    from dsm.logp import parse_options
+
+    assert parse_options(["rtol=1e-4", "n_t=32", "trace=hutchinson", "antithetic=true"]) == \
+        {"rtol": 1e-4, "n_t": 32, "trace": "hutchinson", "antithetic": True}
+
+
 def test_note_when_the_training_store_was_not_8_bit(tmp_path, capsys):
     import json
 
