@@ -254,7 +254,43 @@ def _run_examples(args):
     examples_from_params(_scale_cfg(args), logp=args.logp, out=args.out)
 
 
-BUILDERS += [_add_compare, _add_fig2, _add_examples, _add_sync]
+def _add_bias(sub):
+    p = sub.add_parser("bias", help="bias budget of a model against the exact density (field)",
+                       description="Split the mean error of log p into the normalization's, the time "
+                                   "score's and the space score's parts (dsm.analysis.bias).")
+    _add_params_options(p)
+    p.add_argument("--model", required=True, help="trained energy model (model.pt)")
+    p.add_argument("--norm", required=True, help="its normalization JSON")
+    p.add_argument("--data", required=True, help="prepared store directory (its test part is used)")
+    p.add_argument("--out", required=True, help="output CSV: the budget per noise level")
+    p.add_argument("--totals", required=True, help="output JSON: the totals")
+    p.set_defaults(func=_run_bias)
+
+
+def _run_bias(args):
+    from dsm.analysis.bias import bias_from_params
+
+    bias_from_params(_scale_cfg(args), model=args.model, norm=args.norm, data=args.data,
+                     out_csv=args.out, out_json=args.totals)
+
+
+def _add_fig_bias(sub):
+    p = sub.add_parser("fig-bias", help="the bias budget figure",
+                       description="Plot `dsm bias`'s per-t table and totals.")
+    _add_params_options(p)
+    p.add_argument("--table", required=True)
+    p.add_argument("--totals", required=True)
+    p.add_argument("--out", required=True, help="output PDF")
+    p.set_defaults(func=_run_fig_bias)
+
+
+def _run_fig_bias(args):
+    from dsm.figures.bias import fig_bias_from_params
+
+    fig_bias_from_params(_scale_cfg(args), table=args.table, totals=args.totals, out=args.out)
+
+
+BUILDERS += [_add_compare, _add_fig2, _add_examples, _add_bias, _add_fig_bias, _add_sync]
 
 
 # --- the distribution of log p: Gumbel fit, Figure 3, Figures 6-8, Table 2 --------------

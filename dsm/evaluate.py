@@ -233,14 +233,18 @@ def normalize_from_params(cfg: dict, model, data, out, device=None) -> dict:
     """Write the normalization constant of ``model`` (model.pt) to JSON ``out``.
 
     Uses the first ``evaluate.n_norm`` images of the store's ``test`` part, one noise draw
-    each at the model's training ``t_max`` (seed ``evaluate.noise_seed``); the Gaussian
-    entropy at t_max per ``evaluate.norm_entropy`` (dsm.normalization).
+    each at the noise level ``evaluate.norm_t`` (null: the model's training ``t_max``; seed
+    ``evaluate.noise_seed``); the Gaussian entropy there per ``evaluate.norm_entropy``
+    (dsm.normalization). The JSON's ``t_max`` is that level.
     """
     ecfg = _ecfg(cfg)
     stage_threads(cfg, "evaluate")
     dev_spec = device if device is not None else cfg.get("device", "auto")
     net, payload, dev = load_energy_model(model, dev_spec)
+    # the noise level T of the constant: evaluate.norm_t, else the model's training t_max
     t_max = float(payload["config"]["train"]["t_max"])
+    if ecfg.get("norm_t") is not None:
+        t_max = float(ecfg["norm_t"])
     store = _store(data, "test")
     n = min(int(ecfg.get("n_norm", len(store))), len(store))
     bs = int(ecfg.get("batch_size", 256))
@@ -251,9 +255,10 @@ def normalize_from_params(cfg: dict, model, data, out, device=None) -> dict:
     entropy = str(ecfg.get("norm_entropy", "isotropic"))
     result = normalization_constant(net, images, t_max, seed, entropy=entropy, batch_size=bs, device=dev)
     result.update({
-        "method": ("one-shot: H - mean U(x + sqrt(t_max) z, t_max) over test images, H the entropy "
-                   + ("of N(mean, t_max I)" if entropy == "isotropic" else
-                      "of N(mean, (v + t_max) I), v the test images' variance per pixel")),
+        "method": ("one-shot: H - mean U(x + sqrt(T) z, T) over test images at T = t_max, H the "
+                   "entropy of " + {"isotropic": "N(mean, T I)",
+                                    "data_variance": "N(mean, (v + T) I), v the images' variance per pixel",
+                                    "data_covariance": "N(mean, S + T I), S the images' covariance"}[entropy]),
         "model": str(model), "model_sha256": sha256_file(model), "data": str(store.path),
         "params_sha256": sha256_json(cfg), "code_version": code_version(),
         "model_config_sha256": payload.get("config_sha256"),

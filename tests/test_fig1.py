@@ -218,7 +218,7 @@ def test_normalization_constant_of_an_exact_model():
     c_var = r["c_nats"]
     assert abs(c_var) < 4 * se + 0.05 + 500 * 0.01 / 101, c_var  # v̂ within 1 % of σ² = 1
     xd = x.double()
-    v = float(((xd - xd.mean(0)) ** 2).mean())       # per-dimension variance, averaged
+    v = float(xd.var(0, unbiased=True).mean())       # per-dimension variance (ddof 1), averaged
     assert r["data_variance"] == pytest.approx(v, rel=1e-9)
     assert c_var - c_iso == pytest.approx(500 * math.log(1 + v / 100), rel=1e-9)
     with pytest.raises(DsmError, match="norm_entropy"):

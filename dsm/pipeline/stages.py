@@ -156,7 +156,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage(
         name="normalize", entry="dsm.evaluate",
         reads=("evaluate.n_norm", "evaluate.batch_size", "evaluate.noise_seed",
-               "evaluate.norm_entropy", "resources.evaluate.threads"),
+               "evaluate.norm_entropy", "evaluate.norm_t", "resources.evaluate.threads"),
         inputs={"model": MODEL, "data": IMAGES}, outputs={"norm": NORM},
         args="--model {input.model} --data {input.data} --out {output.norm}",
         resources="evaluate", benchmark=True,
@@ -164,7 +164,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage(
         name="normalize_full", entry="dsm.evaluate", subcommand="normalize",
         reads=("evaluate.n_norm", "evaluate.batch_size", "evaluate.noise_seed",
-               "evaluate.norm_entropy", "resources.evaluate.threads"),
+               "evaluate.norm_entropy", "evaluate.norm_t", "resources.evaluate.threads"),
         inputs={"model": FULL_MODEL, "data": IMAGES}, outputs={"norm": FULL_NORM},
         args="--model {input.model} --data {input.data} --out {output.norm}",
         resources="evaluate", benchmark=True,
@@ -226,6 +226,20 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
              " --csv {output.csv} --md {output.md} --tex {output.tex}", resources="evaluate",
         doc="Table 2: test-set NLL in bits/dim (8-bit shift, dequantization, exact entropy on field)"),
     Stage(
+        name="bias", entry="dsm.analysis.bias", reads=("bias", "resources.evaluate.threads"),
+        inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES},
+        outputs={"table": "results/{scale}/bias.csv", "totals": "results/{scale}/bias.json"},
+        args="--model {input.model} --norm {input.norm} --data {input.data}"
+             " --out {output.table} --totals {output.totals}",
+        resources="evaluate", benchmark=True,
+        doc="bias budget of the full model against the exact density (field): where log p's error comes from"),
+    Stage(
+        name="fig_bias", entry="dsm.figures.bias", subcommand="fig-bias", reads=(),
+        inputs={"table": "results/{scale}/bias.csv", "totals": "results/{scale}/bias.json"},
+        outputs={"pdf": "figures/bias.pdf"},
+        args="--table {input.table} --totals {input.totals} --out {output.pdf}", resources="light",
+        doc="the bias budget figure"),
+    Stage(
         name="compare", entry="dsm.analysis.generalization", reads=("split", "seeds"),
         inputs={"tables": Each(LOGP, LOGP_DIR)},
         outputs={"metrics": "results/{scale}/fig2_metrics.json", "by_n": "results/{scale}/fig2_by_N.csv"},
@@ -251,7 +265,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
 ]}
 
 # What `snakemake all` (and the README's `make figures`) builds: the paper's figures.
-TARGETS = ("figures/fig1.pdf", "figures/fig2.pdf", EXAMPLES, FULL_SCORE_MODEL,
+TARGETS = ("figures/fig1.pdf", "figures/fig2.pdf", "figures/bias.pdf", EXAMPLES, FULL_SCORE_MODEL,
            "figures/fig3.pdf", *FIG678.values(), GUMBEL, *TABLE2.values())
 
 

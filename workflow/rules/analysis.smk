@@ -53,3 +53,23 @@ rule gumbel:
         **resources_of("gumbel"),
     shell:
         shell_of("gumbel")
+
+
+rule bias:
+    input:
+        **inputs("bias"),
+    output:
+        **outputs("bias"),
+    params:
+        reads=reads("bias"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("bias"),
+    benchmark:
+        benchmark_of("bias")
+    threads: res("bias", "threads")
+    resources:
+        **resources_of("bias"),
+    shell:
+        shell_of("bias")

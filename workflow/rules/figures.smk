@@ -106,3 +106,21 @@ rule table2:
         **resources_of("table2"),
     shell:
         shell_of("table2")
+
+
+rule fig_bias:
+    input:
+        **inputs("fig_bias"),
+    output:
+        **outputs("fig_bias"),
+    params:
+        reads=reads("fig_bias"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("fig_bias"),
+    threads: res("fig_bias", "threads")
+    resources:
+        **resources_of("fig_bias"),
+    shell:
+        shell_of("fig_bias")
