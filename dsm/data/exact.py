@@ -3,7 +3,8 @@
 ``field`` -> :class:`dsm.data.field.FieldDensity`, ``gsm`` ->
 :class:`dsm.data.gsm.GaussianScaleMixture`, real data -> None. Both expose
 ``.energy(y, t) -> (B,)`` nats (exact -log p(y | t)), ``.score``, ``.time_score``,
-``.denoise``.
+``.denoise``. :class:`ExactModel` presents one through the model interface (including
+``energy_and_scores``), so an analysis runs the truth exactly like a trained model.
 """
 
 from __future__ import annotations

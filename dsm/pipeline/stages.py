@@ -226,7 +226,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         resources="evaluate", benchmark=True,
         doc="Figure 5's curves: E[log p(y,t)|x] and d_eff by eqs. 11 and 12 across t"),
     Stage(
-        name="fig5", entry="dsm.figures.fig5", reads=("figures.fig5",),
+        name="fig5", entry="dsm.figures.fig5", reads=(),
         inputs={"curves": FIG5_DIR + "/curves.parquet", "metrics": FIG5_DIR + "/metrics.json",
                 "data": IMAGES},
         outputs={"pdf": "figures/fig5.pdf"},
