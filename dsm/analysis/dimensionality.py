@@ -8,7 +8,8 @@ model's energy U, space score ∇_y U and time score ∂_t U at the same draws:
   from ``results/<scale>/full/norm.json``), reported in dB/dim: ``-10 (U + c) / (d ln 10)``;
 * eq. 11, ``d_eff = E_y ||x - x̂(y, t)||² / t`` with ``x̂ = y - t ∇_y U`` (squared error
   summed over pixels). Since ``x - x̂ = t ∇_y U - √t z`` exactly, it is computed as
-  ``E_k ||z_k - √t ∇_y U(y_k, t)||²``, which keeps float32 accurate down to t = 1e-12;
+  ``E_k ||z_k - √t ∇_y U(y_k, t)||²``, which avoids the cancellation of x - x̂ (two
+  numbers near x) at small t;
 * eq. 12, ``d_eff = d - 2 ∂ E_y[U(y, t) | x] / ∂ ln t`` with the derivative from the
   network's own scores (no finite differences): ``t d/dt E_z[U(x + √t z, t)] =
   t E_z[∂_t U] + (√t / 2) E_z<∇_y U, z>``, so ``d_eff = d - E_k[2 t ∂_t U + √t <∇_y U, z_k>]``.
