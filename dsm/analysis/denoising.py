@@ -211,6 +211,17 @@ def table_csv(summary: dict) -> str:
 
 # --- the pipeline stage -------------------------------------------------------------------
 
+def training_t_range(model_file) -> list | None:
+    """[t_min, t_max] the model was trained on (its model.pt), or None if not recorded:
+    outside it a network extrapolates."""
+    from dsm.modelfile import read_model_file
+
+    train = (read_model_file(model_file).get("config") or {}).get("train") or {}
+    if "t_min" in train and "t_max" in train:
+        return [float(train["t_min"]), float(train["t_max"])]
+    return None
+
+
 def table1_params(cfg: dict) -> dict:
     """``figures.table1`` of a scale section, validated, with the schema's defaults."""
     from dsm.config import resolve_section
@@ -256,6 +267,9 @@ def table1_from_params(cfg: dict, energy, score, data, out: dict, device=None) -
         models["optimal"] = ExactModel(exact)
     mse = denoising_table(models, images, noise, p["psnr"], batch_size=int(p["batch_size"]), device=dev)
     summary = summarize(mse, p["psnr"])
+    t_range = training_t_range(energy)
+    for e in summary["by_psnr"]:
+        e["in_training_range"] = bool(t_range[0] <= e["t"] <= t_range[1]) if t_range else None
     names = list(models)
     write_text(out["csv"], table_csv(summary))
     write_text(out["md"], table_markdown(summary, names))
@@ -265,6 +279,7 @@ def table1_from_params(cfg: dict, energy, score, data, out: dict, device=None) -
         "standard_error": "delta method on the mean MSE over images (one noise draw per image); "
                           "energy - score paired on the same images and noise",
         "input_psnr_db": [float(x) for x in p["psnr"]],
+        "training_t_range": t_range,
         "n_images": n, "noise_seed": int(p["noise_seed"]), "data": str(test.path),
         "dataset": test.meta.get("source"), "models": files,
         "params_sha256": sha256_json(cfg), "code_version": code_version(),

@@ -5,7 +5,8 @@ metrics.json}`` (:mod:`dsm.analysis.contrast`, where the convention
 T_{a,b}(x) = a (x − x̄) + b is defined).
 
 Left: log p(T_{a,b}(x)) (dB/dim) over log contrast a and brightness b for one reference
-image (the original image at (1, x̄) marked), with contours; middle: the b = ½ slice for
+image (the original image at (1, x̄) marked), with contours (the exact log p's dashed on
+``field``); middle: the b = ½ slice for
 every reference image (colours as in Figure 5; exact log p dotted on ``field``); right:
 log p of every test image against the participation ratio of its wavelet coefficients,
 with Pearson r and Spearman ρ.
@@ -43,13 +44,17 @@ def plot_fig4(affine, sparsity, metrics: dict, path, title: str = "") -> None:
     a, b = np.unique(grid["a"]), np.unique(grid["b"])
     z = grid.sort_values(["a", "b"])["logp_db_per_dim"].to_numpy().reshape(len(a), len(b))
     mesh = axl.pcolormesh(a, b, z.T, shading="nearest", cmap="magma", rasterized=True)
-    axl.contour(a, b, z.T, levels=8, colors="w", linewidths=0.5, alpha=0.7)
+    cs = axl.contour(a, b, z.T, levels=8, colors="w", linewidths=0.5, alpha=0.7)
+    if grid["exact_logp_db_per_dim"].notna().all():       # the exact log p, same levels, dashed
+        ze = grid.sort_values(["a", "b"])["exact_logp_db_per_dim"].to_numpy().reshape(len(a), len(b))
+        axl.contour(a, b, ze.T, levels=cs.levels, colors="cyan", linewidths=0.6, linestyles="--", alpha=0.8)
     axl.plot([1.0], [grid["image_mean"].iloc[0]], marker="o", mfc="none", mec="cyan", ms=7,
              label="original (a = 1, b = x̄)")
     axl.set_xscale("log")
     axl.set_xlabel("contrast a")
     axl.set_ylabel("brightness b")
-    axl.set_title(f"log p(a(x − x̄) + b), image {int(grid['image_index'].iloc[0])}", fontsize=8)
+    axl.set_title(f"log p(a(x − x̄) + b), image {int(grid['image_index'].iloc[0])}"
+                  + (" (dashed: exact)" if grid["exact_logp_db_per_dim"].notna().all() else ""), fontsize=8)
     axl.legend(fontsize=6, loc="upper right")
     fig.colorbar(mesh, ax=axl, label="log p (dB/dim)")
 

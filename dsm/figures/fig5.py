@@ -7,7 +7,7 @@ Plotting only; reads ``results/<scale>/fig5/curves.parquet`` and ``metrics.json`
 Layout: a row of the reference images (framed in their curves' colours, lowest log p
 first), then two panels over t (log axis): left, E[log p(y, t) | x] in dB/dim; right,
 d_eff by eq. 11 (solid) and eq. 12 (dashed), with the dimension d dotted. The test-set
-average is black. On a source with an exact density the exact curves are drawn thin
+average is black; noise levels outside the model's training range are shaded. On a source with an exact density the exact curves are drawn thin
 and dotted in the same colours (and the population d_eff of the source in grey).
 """
 
@@ -84,8 +84,14 @@ def plot_fig5(df, metrics: dict, thumbnails: dict, path, title: str = "") -> Non
         if name == "test average" and "exact_d_eff_population" in g and g["exact_d_eff_population"].notna().any():
             axr.plot(g["t"], g["exact_d_eff_population"], color="0.6", lw=3, alpha=0.5, zorder=0)
     axr.axhline(d, color="0.5", lw=0.8, ls=":")
+    t_range = (metrics or {}).get("training_t_range")
     for ax in (axl, axr):
         ax.set_xscale("log")
+        if t_range:       # where the network extrapolates
+            lo, hi = float(df["t"].min()), float(df["t"].max())
+            for a, b in ((lo, t_range[0]), (t_range[1], hi)):
+                if a < b:
+                    ax.axvspan(a, b, color="0.85", zorder=0, lw=0)
         ax.set_xlabel("noise variance t")
         ax.tick_params(labelsize=8)
     axl.set_ylabel("E[log p(y, t) | x] (dB/dim)")
@@ -97,6 +103,10 @@ def plot_fig5(df, metrics: dict, thumbnails: dict, path, title: str = "") -> Non
               Line2D([], [], color="k", lw=1.3, ls=(0, (4, 2)), label="eq. 12: d − 2 ∂E[U]/∂ln t")]
     if exact:
         styles.append(Line2D([], [], color="k", lw=0.9, ls=":", label="exact (same draws)"))
+    if t_range:
+        from matplotlib.patches import Patch
+
+        styles.append(Patch(color="0.85", label="outside the training range of t"))
         if "exact_d_eff_population" in df and df["exact_d_eff_population"].notna().any():
             styles.append(Line2D([], [], color="0.6", lw=3, alpha=0.5, label="exact, population"))
     axr.legend(handles=styles, fontsize=7, loc="lower left")
