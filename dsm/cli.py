@@ -417,6 +417,119 @@ def _run_table2(args):
 BUILDERS += [_add_gumbel, _add_probes, _add_fig3, _add_fig678, _add_table2]
 
 
+# --- across noise levels: Table 1, Figures 4 and 5 ------------------------------------
+
+def _add_table1(sub):
+    p = sub.add_parser("table1", help="Table 1: denoising PSNR of the energy and the score model",
+                       description="Denoising PSNR (of the mean MSE over test images, delta-method standard "
+                                   "errors) at the input PSNRs of figures.table1.psnr; writes OUT.csv, OUT.md, "
+                                   "OUT.tex and OUT.json.")
+    _add_params_options(p)
+    p.add_argument("--energy", required=True, help="the full energy model (model.pt)")
+    p.add_argument("--score", required=True, help="the score-only model (model.pt)")
+    p.add_argument("--data", required=True, help="prepared store directory (its test part is used)")
+    p.add_argument("--out", required=True, help="output path without suffix (e.g. results/default/table1)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_table1)
+
+
+def _run_table1(args):
+    from dsm.analysis.denoising import table1_from_params
+
+    out = {k: f"{args.out}.{k}" for k in ("csv", "md", "tex", "json")}
+    table1_from_params(_scale_cfg(args), energy=args.energy, score=args.score, data=args.data, out=out,
+                       device=args.device)
+
+
+def _add_dimensionality(sub):
+    p = sub.add_parser("dimensionality", help="Figure 5's curves: E[log p(y,t)|x] and d_eff (eqs. 11, 12) vs t",
+                       description="For the reference images and the test-set average, on the t grid of "
+                                   "figures.fig5: E[log p(y,t)|x] (dB/dim) and the effective dimensionality by "
+                                   "eq. 11 and eq. 12 (from the model's space and time scores).")
+    _add_params_options(p)
+    p.add_argument("--model", required=True, help="the full energy model (model.pt)")
+    p.add_argument("--norm", required=True, help="its normalization JSON (dsm normalize)")
+    p.add_argument("--data", required=True, help="prepared store directory (its test part is used)")
+    p.add_argument("--examples", required=True, help="reference images (dsm examples)")
+    p.add_argument("--curves", required=True, help="output Parquet of the curves")
+    p.add_argument("--metrics", required=True, help="output JSON")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_dimensionality)
+
+
+def _run_dimensionality(args):
+    from dsm.analysis.dimensionality import dimensionality_from_params
+
+    dimensionality_from_params(_scale_cfg(args), model=args.model, norm=args.norm, data=args.data,
+                               examples=args.examples, out={"curves": args.curves, "metrics": args.metrics},
+                               device=args.device)
+
+
+def _add_fig5(sub):
+    p = sub.add_parser("fig5", help="Figure 5 (right): log p and effective dimensionality against t",
+                       description="Plot the curves of `dsm dimensionality`.")
+    _add_params_options(p)
+    p.add_argument("--curves", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--data", required=True, help="prepared store directory (thumbnails)")
+    p.add_argument("--out", required=True, help="output PDF")
+    p.set_defaults(func=_run_fig5)
+
+
+def _run_fig5(args):
+    from dsm.figures.fig5 import fig5_from_params
+
+    fig5_from_params(_scale_cfg(args), curves=args.curves, metrics=args.metrics, data=args.data, out=args.out)
+
+
+def _add_contrast(sub):
+    p = sub.add_parser("contrast", help="Figure 4's data: log p of a (x - mean) + b; log p vs sparsity",
+                       description="log p of contrast/brightness changes of the reference images (grid and "
+                                   "b = 1/2 slice), and the wavelet participation ratio of every test image "
+                                   "against its log p (Pearson, Spearman).")
+    _add_params_options(p)
+    p.add_argument("--model", required=True, help="the full energy model (model.pt)")
+    p.add_argument("--norm", required=True, help="its normalization JSON")
+    p.add_argument("--data", required=True, help="prepared store directory")
+    p.add_argument("--examples", required=True, help="reference images (dsm examples)")
+    p.add_argument("--logp", required=True, help="per-image table of the test set (dsm evaluate --full)")
+    p.add_argument("--affine", required=True, help="output Parquet: log p over contrast and brightness")
+    p.add_argument("--sparsity", required=True, help="output Parquet: participation ratio and log p")
+    p.add_argument("--metrics", required=True, help="output JSON")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_contrast)
+
+
+def _run_contrast(args):
+    from dsm.analysis.contrast import contrast_from_params
+
+    contrast_from_params(_scale_cfg(args), model=args.model, norm=args.norm, data=args.data,
+                         examples=args.examples, logp=args.logp,
+                         out={"affine": args.affine, "sparsity": args.sparsity, "metrics": args.metrics},
+                         device=args.device)
+
+
+def _add_fig4(sub):
+    p = sub.add_parser("fig4", help="Figure 4: contrast, brightness and sparsity against log p",
+                       description="Plot the tables of `dsm contrast`.")
+    _add_params_options(p)
+    p.add_argument("--affine", required=True)
+    p.add_argument("--sparsity", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--out", required=True, help="output PDF")
+    p.set_defaults(func=_run_fig4)
+
+
+def _run_fig4(args):
+    from dsm.figures.fig4 import fig4_from_params
+
+    fig4_from_params(_scale_cfg(args), affine=args.affine, sparsity=args.sparsity, metrics=args.metrics,
+                     out=args.out)
+
+
+BUILDERS += [_add_table1, _add_dimensionality, _add_fig5, _add_contrast, _add_fig4]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsm", description="Normalized image densities by dual score matching.")

@@ -70,6 +70,41 @@ def test_snakemake_end_to_end(snakemake_run):
     assert list((snakemake_run / f"benchmarks/{SCALE}/train").rglob("*.tsv"))
 
 
+def test_snakemake_builds_table1_and_figures_4_5_1(snakemake_run):
+    """Across noise levels (README): Table 1, Figures 4 and 5 and Figure 1's third panel
+    come out of `snakemake all` with the numbers the README quotes."""
+    repo, res = snakemake_run, snakemake_run / f"results/{SCALE}"
+    cfg = load_params(repo)["scales"][SCALE]["figures"]
+    for name in ("fig1", "fig4", "fig5"):
+        assert (repo / f"figures/{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    t1 = json.loads((res / "table1.json").read_text())
+    assert [e["input_psnr_db"] for e in t1["by_psnr"]] == [float(p) for p in cfg["table1"]["psnr"]]
+    for e in t1["by_psnr"]:
+        assert {"energy", "score", "optimal", "energy_minus_score"} <= set(e)     # field: optimal row
+        # no denoiser beats the optimal one (beyond its standard error)
+        for name in ("energy", "score"):
+            assert e[name]["psnr_db"] <= e["optimal"]["psnr_db"] + 3 * e["optimal"]["se_db"] + 1e-6
+        assert e["energy_minus_score"]["se_db"] >= 0
+    assert isinstance(t1["claim"]["holds"], bool)
+    assert (res / "table1.md").read_text().count("\n") == 6 and (res / "table1.tex").read_text().startswith("\\begin")
+    assert len(pd.read_csv(res / "table1.csv")) == 3 * len(cfg["table1"]["psnr"])
+    f5 = json.loads((res / "fig5/metrics.json").read_text())
+    worst = f5["model_consistency"]["largest_disagreement"]
+    assert {"gap", "gap_se", "t", "curve"} <= set(worst)
+    assert f5["exact_consistency"]["fraction_of_points_agreeing_statistically"] >= 0.8
+    curves = pd.read_parquet(res / "fig5/curves.parquet")
+    n_ref = load_params(repo)["scales"][SCALE]["figures"]["examples"]["count"]
+    assert len(curves) == (n_ref + 1) * cfg["fig5"]["points"]
+    f4 = json.loads((res / "fig4/metrics.json").read_text())
+    for who in ("model", "exact"):
+        assert -1 <= f4["sparsity"][who]["pearson_r"] <= 1 and -1 <= f4["sparsity"][who]["spearman_rho"] <= 1
+    affine = pd.read_parquet(res / "fig4/affine.parquet")
+    g = cfg["fig4"]
+    assert len(affine) == g["contrast_points"] * (g["brightness_points"] + n_ref)
+    f1 = json.loads((res / "fig1/metrics.json").read_text())
+    assert f1["landscape"]["barrier_direct_nats"] > f1["landscape"]["barrier_detour_nats"]
+
+
 def test_snakemake_second_run_does_nothing(snakemake_run):
     assert planned_jobs(snakemake(["all", "--dry-run"], snakemake_run)) == {}
 

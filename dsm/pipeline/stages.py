@@ -121,6 +121,9 @@ PROBES = "results/{scale}/full/probes.json"
 TABLE2 = {"csv": "results/{scale}/table2.csv", "md": "results/{scale}/table2.md",
           "tex": "results/{scale}/table2.tex"}
 FIG678 = {"highest": "figures/fig6.pdf", "lowest": "figures/fig7.pdf", "spaced": "figures/fig8.pdf"}
+TABLE1 = "results/{scale}/table1"
+FIG5_DIR = "results/{scale}/fig5"
+FIG4_DIR = "results/{scale}/fig4"
 TRAIN_READS = ("model", "train", "resources.train.threads")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
@@ -258,6 +261,52 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         args="--out results/{scale}/fig1", resources="train", exec_=True, benchmark=True,
         doc="Figure 1: single vs dual score matching on a Gaussian scale mixture (trains 2 models)"),
     Stage(
+        name="table1", entry="dsm.analysis.denoising",
+        reads=("figures.table1", "resources.evaluate.threads"),
+        inputs={"energy": FULL_MODEL, "score": FULL_SCORE_MODEL, "data": IMAGES},
+        outputs={"csv": TABLE1 + ".csv", "md": TABLE1 + ".md", "tex": TABLE1 + ".tex",
+                 "json": TABLE1 + ".json"},
+        args="--energy {input.energy} --score {input.score} --data {input.data} --out " + TABLE1,
+        resources="evaluate", benchmark=True,
+        doc="Table 1: denoising PSNR of the energy and the score model across noise levels"),
+    Stage(
+        name="dimensionality", entry="dsm.analysis.dimensionality",
+        reads=("figures.fig5", "resources.evaluate.threads"),
+        inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES, "examples": EXAMPLES},
+        outputs={"curves": FIG5_DIR + "/curves.parquet", "metrics": FIG5_DIR + "/metrics.json"},
+        args="--model {input.model} --norm {input.norm} --data {input.data} --examples {input.examples}"
+             " --curves {output.curves} --metrics {output.metrics}",
+        resources="evaluate", benchmark=True,
+        doc="Figure 5's curves: E[log p(y,t)|x] and d_eff by eqs. 11 and 12 across t"),
+    Stage(
+        name="fig5", entry="dsm.figures.fig5", reads=(),
+        inputs={"curves": FIG5_DIR + "/curves.parquet", "metrics": FIG5_DIR + "/metrics.json",
+                "data": IMAGES},
+        outputs={"pdf": "figures/fig5.pdf"},
+        args="--curves {input.curves} --metrics {input.metrics} --data {input.data} --out {output.pdf}",
+        resources="light",
+        doc="Figure 5 (right): log p and effective dimensionality against the noise level"),
+    Stage(
+        name="contrast", entry="dsm.analysis.contrast",
+        reads=("figures.fig4", "resources.evaluate.threads"),
+        inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES, "examples": EXAMPLES,
+                "logp": FULL_LOGP},
+        outputs={"affine": FIG4_DIR + "/affine.parquet", "sparsity": FIG4_DIR + "/sparsity.parquet",
+                 "metrics": FIG4_DIR + "/metrics.json"},
+        args="--model {input.model} --norm {input.norm} --data {input.data} --examples {input.examples}"
+             " --logp {input.logp} --affine {output.affine} --sparsity {output.sparsity}"
+             " --metrics {output.metrics}",
+        resources="evaluate", benchmark=True,
+        doc="Figure 4's data: log p of a (x - mean) + b over contrast and brightness; log p vs sparsity"),
+    Stage(
+        name="fig4", entry="dsm.figures.fig4", reads=(),
+        inputs={"affine": FIG4_DIR + "/affine.parquet", "sparsity": FIG4_DIR + "/sparsity.parquet",
+                "metrics": FIG4_DIR + "/metrics.json"},
+        outputs={"pdf": "figures/fig4.pdf"},
+        args="--affine {input.affine} --sparsity {input.sparsity} --metrics {input.metrics} --out {output.pdf}",
+        resources="light",
+        doc="Figure 4: contrast and brightness, and sparsity, against log p"),
+    Stage(
         name="publish_fig1", entry=None, reads=(),
         inputs={"pdf": "results/{scale}/fig1/fig1.pdf"}, outputs={"pdf": "figures/fig1.pdf"},
         args="", command="cp {input.pdf} {output.pdf}", resources="light",
@@ -265,8 +314,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
 ]}
 
 # What `snakemake all` (and the README's `make figures`) builds: the paper's figures.
-TARGETS = ("figures/fig1.pdf", "figures/fig2.pdf", "figures/bias.pdf", EXAMPLES, FULL_SCORE_MODEL,
-           "figures/fig3.pdf", *FIG678.values(), GUMBEL, *TABLE2.values())
+TARGETS = ("figures/fig1.pdf", "figures/fig2.pdf", "figures/fig3.pdf", "figures/fig4.pdf",
+           "figures/fig5.pdf", *FIG678.values(), "figures/bias.pdf", GUMBEL, *TABLE2.values(),
+           TABLE1 + ".md")
 
 
 def stage(name: str) -> Stage:
@@ -298,7 +348,8 @@ def check_table(root=".") -> None:
 
 
 # DVC: files shown by `dvc metrics show/diff`, and `dvc plots show` (path, plot spec).
-METRICS = ("results/{scale}/fig2_metrics.json", "results/{scale}/fig1/metrics.json", GUMBEL)
+METRICS = ("results/{scale}/fig2_metrics.json", "results/{scale}/fig1/metrics.json", GUMBEL,
+           TABLE1 + ".json", FIG5_DIR + "/metrics.json", FIG4_DIR + "/metrics.json")
 PLOTS = (("results/{scale}/fig2_by_N.csv",
           {"x": "N", "y": ["rms_db", "pearson_r"],
            "title": "Figure 2: A vs B disagreement on training images against N"}),)

@@ -73,3 +73,64 @@ rule bias:
         **resources_of("bias"),
     shell:
         shell_of("bias")
+# Across noise levels (README "Across noise levels"): Table 1, Figures 4 and 5's data.
+
+
+rule table1:
+    input:
+        **inputs("table1"),
+    output:
+        **outputs("table1"),
+    params:
+        reads=reads("table1"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("table1"),
+    benchmark:
+        benchmark_of("table1")
+    threads: res("table1", "threads")
+    resources:
+        **resources_of("table1"),
+    shell:
+        shell_of("table1")
+
+
+rule dimensionality:
+    input:
+        **inputs("dimensionality"),
+    output:
+        **outputs("dimensionality"),
+    params:
+        reads=reads("dimensionality"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("dimensionality"),
+    benchmark:
+        benchmark_of("dimensionality")
+    threads: res("dimensionality", "threads")
+    resources:
+        **resources_of("dimensionality"),
+    shell:
+        shell_of("dimensionality")
+
+
+rule contrast:
+    input:
+        **inputs("contrast"),
+    output:
+        **outputs("contrast"),
+    params:
+        reads=reads("contrast"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("contrast"),
+    benchmark:
+        benchmark_of("contrast")
+    threads: res("contrast", "threads")
+    resources:
+        **resources_of("contrast"),
+    shell:
+        shell_of("contrast")

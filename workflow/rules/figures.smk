@@ -124,3 +124,41 @@ rule fig_bias:
         **resources_of("fig_bias"),
     shell:
         shell_of("fig_bias")
+# Figures 4 and 5 of the active scale, from the tables of the contrast and
+# dimensionality rules (analysis.smk).
+
+
+rule fig4:
+    input:
+        **inputs("fig4"),
+    output:
+        **outputs("fig4"),
+    params:
+        reads=reads("fig4"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("fig4"),
+    threads: res("fig4", "threads")
+    resources:
+        **resources_of("fig4"),
+    shell:
+        shell_of("fig4")
+
+
+rule fig5:
+    input:
+        **inputs("fig5"),
+    output:
+        **outputs("fig5"),
+    params:
+        reads=reads("fig5"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("fig5"),
+    threads: res("fig5", "threads")
+    resources:
+        **resources_of("fig5"),
+    shell:
+        shell_of("fig5")
