@@ -262,7 +262,7 @@ def test_fig1_params_defaults_and_errors():
 
 TINY = ["fig1.n=500", "fig1.n_norm=200", "fig1.steps=6", "fig1.batch_size=32", "fig1.width=16",
         "fig1.layers=3", "fig1.grid=100", "fig1.lr_halve_every=3", "fig1.checkpoint_every=3",
-        "fig1.log_every=1", "fig1.threads=1"]
+        "fig1.log_every=1", "resources.train.threads=1"]
 
 
 def test_dsm_fig1_end_to_end(tmp_path, capsys):
