@@ -17,7 +17,6 @@ results do not depend on the batch size.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path

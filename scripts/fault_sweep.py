@@ -38,11 +38,9 @@ import itertools
 import json
 import os
 import random
-import re
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,7 +60,7 @@ TIMING_KEYS = ("train_seconds", "seconds", "images_per_s")
 class Job:
     stage: str
     wildcards: dict
-    argv: list                      # the command, split
+    command: str                    # the shell command
     outputs: list                   # declared output paths (relative)
     directories: list               # which of them are directories
     run_dirs: list                  # removed too in "fresh" mode (training run directories)
@@ -80,6 +78,7 @@ class Tally:
     landed: int = 0                 # ... while the job was still running
     identical: int = 0              # reruns whose outputs equal the reference
     tensor_equal: int = 0           # ... model files with equal tensors but other bytes
+    left_temps: int = 0             # kills that left a temporary (which the rerun removed)
     failures: list = field(default_factory=list)
 
 
@@ -110,7 +109,7 @@ def jobs_of(scale: str = "smoke") -> list[Job]:
             outs = [fill(p) for p in s.outputs.values()]
             dirs = [fill(p) for n, p in s.outputs.items() if n in s.directories]
             run_dirs = sorted({str(Path(o).parent) for o in outs}) if s.exec_ else []
-            jobs.append(Job(s.name, w, shlex.split(fill(s.full_command())), outs, dirs, run_dirs))
+            jobs.append(Job(s.name, w, fill(s.full_command()), outs, dirs, run_dirs))
     return jobs
 
 
@@ -129,15 +128,17 @@ def start(job: Job, cwd: Path, log: Path) -> int:
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            if job.argv[0] == "dsm":
+            argv = shlex.split(job.command)
+            if argv[0] == "dsm" and not set(argv) & {"&&", "||", ";", "|"}:
                 from dsm.cli import main
 
                 try:
-                    code = main(job.argv[1:])
+                    code = main(argv[1:])
                 except SystemExit as e:
                     code = e.code if isinstance(e.code, int) else 1
             else:
-                code = subprocess.call(job.argv)
+                # a shell command (exec: the kill reaches it, as it does Snakemake's jobs)
+                os.execv("/bin/sh", ["/bin/sh", "-c", job.command])
         except BaseException:                              # noqa: BLE001
             import traceback
 
@@ -231,10 +232,12 @@ def same_output(ref_root: Path, root: Path, rel: str, ref: dict | None) -> tuple
 
 
 def temps_in(root: Path) -> list[str]:
-    """Temporaries of ours (dsm.io's naming) anywhere under ``root``."""
+    """Temporaries anywhere under ``root``: dsm.io's naming, and ``*.part`` (the shell
+    stages' copies)."""
     from dsm.io import _TEMP
 
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".*") if _TEMP.match(p.name))
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if _TEMP.match(p.name) or p.name.endswith(".part"))
 
 
 def remove(root: Path, rel: str) -> None:
@@ -322,6 +325,7 @@ def sweep(kills: int = 3, seed: int = 0, stages=None, scale: str = "smoke", keep
                     tally.failures.append(f"{where}: after the kill, {how}")
                 if before[o] is not None and digest(root, o) is None:
                     tally.failures.append(f"{where}: the previous output {o} is gone after the kill")
+            tally.left_temps += bool(temps_in(root))
             code, _ = run(job, root, log)                  # rerun, uninterrupted
             if code != 0:
                 tally.failures.append(f"{where}: the rerun exited {code}; see {log}")
@@ -343,24 +347,27 @@ def sweep(kills: int = 3, seed: int = 0, stages=None, scale: str = "smoke", keep
                 ok, how = same_output(ref_root, root, o, ref[o])
                 if not ok:
                     tally.failures.append(f"after the {name} trials: {how}")
-        say(f"  {name:<16} kills {tally.kills} (landed {tally.landed}), identical reruns "
+        say(f"  {name:<16} kills {tally.kills} (landed {tally.landed}, left temporaries "
+            f"{tally.left_temps}), identical reruns "
             f"{tally.identical}{f' ({tally.tensor_equal} by torch.equal)' if tally.tensor_equal else ''}"
             f", failures {len(tally.failures)}")
         for f in tally.failures:
             say(f"      FAIL {f}")
     total = {"stages": len(tallies), "kills": sum(t.kills for t in tallies.values()),
              "landed": sum(t.landed for t in tallies.values()),
+             "left_temps": sum(t.left_temps for t in tallies.values()),
              "identical": sum(t.identical for t in tallies.values()),
              "tensor_equal": sum(t.tensor_equal for t in tallies.values()),
              "failures": sum(len(t.failures) for t in tallies.values()),
              "reference_seconds": round(t_ref, 1), "seconds": round(time.monotonic() - t_start, 1),
              "seed": seed, "kills_per_stage": kills, "scale": scale}
     say(f"fault sweep: {total['kills']} kills over {total['stages']} stages ({total['landed']} while "
-        f"running), {total['identical']} reruns identical to the uninterrupted run, "
+        f"running, {total['left_temps']} left temporaries), {total['identical']} reruns identical to the uninterrupted run, "
         f"{total['failures']} failure(s); {total['seconds']} s (reference {total['reference_seconds']} s)")
     if not keep:
         shutil.rmtree(base, ignore_errors=True)
-    return {"total": total, "stages": {n: {"kills": t.kills, "landed": t.landed, "identical": t.identical,
+    return {"total": total, "stages": {n: {"kills": t.kills, "landed": t.landed,
+                                           "left_temps": t.left_temps, "identical": t.identical,
                                            "tensor_equal": t.tensor_equal, "failures": t.failures}
                                        for n, t in tallies.items()}}
 

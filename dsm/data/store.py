@@ -14,7 +14,9 @@ A prepared dataset is a directory ``DIR`` with two parts, ``DIR/train`` and ``DI
 
 ``DIR/done`` (JSON: params hash, image counts) marks a finished store. The whole
 directory is built in a hidden temporary directory beside ``DIR`` and renamed into
-place, so a failed or killed run leaves no ``DIR`` that looks complete.
+place, so a failed or killed run leaves no ``DIR`` that looks complete (the next run
+removes what a killed one left: :func:`dsm.io.remove_stale_temps`). An existing ``DIR``
+is replaced only if it is a store (it has ``done``) or empty; anything else is refused.
 Pixels are written chunk by chunk (the .npy header is rewritten with the final count at
 the end), so memory stays bounded by one chunk whatever the number of images.
 """
