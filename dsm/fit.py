@@ -25,7 +25,7 @@ import torch
 
 from dsm import checkpoint as ckpt
 from dsm.errors import DsmError
-from dsm.io import remove_stale_temps, sha256_json, write_json, write_text
+from dsm.io import is_no_space, remove_stale_temps, sha256_json, write_json, write_text
 from dsm.runtime import derived_seed, resolve_device, seed_everything, set_determinism, use_threads
 
 REQUIRED_KEYS = ("steps", "batch_size", "lr", "lr_halve_every", "t_min", "t_max", "seed")
@@ -283,8 +283,15 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc, replaces
         if stale:
             pending.append(line)
         else:
-            with open(metrics_path, "a") as f:
-                f.write(line + "\n")
+            try:
+                with open(metrics_path, "a") as f:
+                    f.write(line + "\n")
+            except OSError as e:
+                if is_no_space(e):
+                    raise DsmError(f"no space left on the device of {out_dir} (appending to "
+                                   f"{metrics_path.name}); checkpoints written so far are intact"
+                                   ) from None
+                raise
 
     from tqdm import tqdm
 
