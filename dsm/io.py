@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import math
@@ -337,8 +338,10 @@ def sha256_json(obj) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=None)
 def code_version() -> str:
-    """``dsm <version>`` plus the git commit (and ``-dirty``) when run from a checkout."""
+    """``dsm <version>`` plus the git commit (and ``-dirty``) when run from a checkout;
+    read once per process (the code a process runs does not change while it runs)."""
     version = f"dsm {dsm.__version__}"
     root = Path(__file__).resolve().parent.parent
     try:

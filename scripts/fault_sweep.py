@@ -78,6 +78,7 @@ class Tally:
     landed: int = 0                 # ... while the job was still running
     identical: int = 0              # reruns whose outputs equal the reference
     tensor_equal: int = 0           # ... model files with equal tensors but other bytes
+    masked: int = 0                 # ... JSON equal once its timing fields are left out
     left_temps: int = 0             # kills that left a temporary (which the rerun removed)
     failures: list = field(default_factory=list)
 
@@ -283,6 +284,9 @@ def sweep(kills: int = 3, seed: int = 0, stages=None, scale: str = "smoke", keep
     import torch  # noqa: F401
 
     import dsm.cli  # noqa: F401
+    from dsm.io import code_version
+
+    code_version()      # read once: every job records this version, whatever happens to the checkout
 
     rng = random.Random(seed)
     base = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="dsm-fault-sweep-"))
@@ -337,6 +341,7 @@ def sweep(kills: int = 3, seed: int = 0, stages=None, scale: str = "smoke", keep
             else:
                 tally.identical += 1
                 tally.tensor_equal += any(how == "tensors" for _, how in results)
+                tally.masked += any("masked" in how for _, how in results)
             left = temps_in(root)
             if left:
                 tally.failures.append(f"{where}: temporaries left after the rerun: {left}")
@@ -350,6 +355,7 @@ def sweep(kills: int = 3, seed: int = 0, stages=None, scale: str = "smoke", keep
         say(f"  {name:<16} kills {tally.kills} (landed {tally.landed}, left temporaries "
             f"{tally.left_temps}), identical reruns "
             f"{tally.identical}{f' ({tally.tensor_equal} by torch.equal)' if tally.tensor_equal else ''}"
+            f"{f' ({tally.masked} without timing fields)' if tally.masked else ''}"
             f", failures {len(tally.failures)}")
         for f in tally.failures:
             say(f"      FAIL {f}")
@@ -358,6 +364,7 @@ def sweep(kills: int = 3, seed: int = 0, stages=None, scale: str = "smoke", keep
              "left_temps": sum(t.left_temps for t in tallies.values()),
              "identical": sum(t.identical for t in tallies.values()),
              "tensor_equal": sum(t.tensor_equal for t in tallies.values()),
+             "timings_masked": sum(t.masked for t in tallies.values()),
              "failures": sum(len(t.failures) for t in tallies.values()),
              "reference_seconds": round(t_ref, 1), "seconds": round(time.monotonic() - t_start, 1),
              "seed": seed, "kills_per_stage": kills, "scale": scale}
@@ -368,7 +375,8 @@ def sweep(kills: int = 3, seed: int = 0, stages=None, scale: str = "smoke", keep
         shutil.rmtree(base, ignore_errors=True)
     return {"total": total, "stages": {n: {"kills": t.kills, "landed": t.landed,
                                            "left_temps": t.left_temps, "identical": t.identical,
-                                           "tensor_equal": t.tensor_equal, "failures": t.failures}
+                                           "tensor_equal": t.tensor_equal, "timings_masked": t.masked,
+                                           "failures": t.failures}
                                        for n, t in tallies.items()}}
 
 
