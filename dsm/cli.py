@@ -296,7 +296,7 @@ def _error_message(e: BaseException) -> str | None:
         return str(e)
     if is_no_space(e):
         where = f" on the device of {e.filename}" if getattr(e, "filename", None) else ""
-        return f"no space left{where} ({e.strerror or e}); nothing was written"
+        return f"no space left{where} ({e.strerror or e})"
     if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EROFS, errno.ENOENT) and e.filename:
         return f"{e.filename}: {e.strerror}"
     if isinstance(e, json.JSONDecodeError):

@@ -431,10 +431,11 @@ def test_non_finite_normalization_constant_is_refused(smoke, tmp_path, capsys, t
 def test_corrupt_latest_checkpoint_falls_back_to_an_older_one(smoke, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(smoke["w"] / "run", run)
-    (run / "model.pt").unlink()
+    _truncate(run / "model.pt", 1000)             # damaged too: replaced, not refused
     _truncate(run / "checkpoints/step_00000020.pt", 100_000)
     rc, err = cli(capsys, "train", *smoke["T"], "--out", run)
     assert rc == 0, err
+    assert "model.pt: cannot read model file" in err and "it will be replaced" in err
     assert "step_00000020.pt: cannot read checkpoint" in err and "falling back" in err
     assert f"resuming from {run / 'checkpoints/step_00000010.pt'}" in err
     # resumed from step 10 exactly: the same model file as the uninterrupted run
