@@ -110,17 +110,6 @@ def candidates(out_dir) -> list[Path]:
     return first + [p for _, p in reversed(list_checkpoints(out_dir)) if p not in first]
 
 
-def readable_checkpoints(out_dir, warn=None):
-    """``(path, payload)`` of the readable checkpoints, newest first (:func:`candidates`); an
-    unreadable one (a corrupt or truncated file) is skipped after ``warn(message)``."""
-    for path in candidates(out_dir):
-        try:
-            yield path, load_checkpoint(path)
-        except DsmError as e:
-            if warn is not None:
-                warn(f"{e}; falling back to an older checkpoint")
-
-
 def save_checkpoint(out_dir, step: int, payload: dict, keep: int = 3) -> Path:
     """Write ``payload`` atomically as ``step_<step>.pt``, move the pointer, prune old ones."""
     cdir = checkpoint_dir(out_dir)
