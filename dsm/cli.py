@@ -539,17 +539,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LineTracker:
+    """stderr, remembering whether its last line is finished: progress bars leave a line
+    open (ending in a carriage return), and an error must start on a line of its own, also
+    in a log file."""
+
+    def __init__(self, stream):
+        self.stream, self.at_line_start = stream, True
+
+    def write(self, text):
+        if text:
+            self.at_line_start = text.endswith("\n")
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _error_message(e: BaseException) -> str | None:
+    """The one line for an exception that is bad input or the environment, not a bug:
+    a full disk, an unreadable file, a corrupt Parquet or JSON file (a safety net: the
+    library raises DsmError naming the file wherever it reads one)."""
+    import errno
+    import json
+
+    from dsm.io import is_no_space
+
+    if isinstance(e, DsmError):
+        return str(e)
+    if is_no_space(e):
+        where = f" on the device of {e.filename}" if getattr(e, "filename", None) else ""
+        return f"no space left{where} ({e.strerror or e})"
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EROFS, errno.ENOENT) and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, json.JSONDecodeError):
+        return f"invalid JSON input: {e}"
+    if type(e).__module__.startswith("pyarrow"):
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return f"cannot read input ({type(e).__name__}: {first})"
+    return None
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    stderr = sys.stderr
+    sys.stderr = tracker = _LineTracker(stderr)
+
+    def report(message: str) -> None:
+        if not tracker.at_line_start:
+            tracker.write("\n")         # finish a progress bar's line first
+        tracker.write(f"dsm {args.command}: {message}\n")
+
     try:
         args.func(args)
-    except DsmError as e:
-        print(f"dsm {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(f"dsm {args.command}: interrupted", file=sys.stderr)
+        report("interrupted")
         return 130
+    except Exception as e:  # noqa: BLE001 - anything not recognised is re-raised
+        message = _error_message(e)
+        if message is None:
+            raise
+        report(f"error: {message}")
+        return 2
+    finally:
+        sys.stderr = stderr
     return 0
 
 

@@ -17,7 +17,6 @@ results do not depend on the batch size.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -28,7 +27,8 @@ import torch
 
 from dsm import units
 from dsm.errors import DsmError
-from dsm.io import atomic_path, code_version, sha256_file, sha256_json, write_json
+from dsm.io import (atomic_path, check_finite, code_version, read_json, sha256_file, sha256_json,
+                    write_json)
 from dsm.modelfile import load_energy_model
 from dsm.normalization import device_of, normalization_constant
 from dsm.runtime import image_noise, stage_threads
@@ -179,7 +179,13 @@ class ParquetStream:
 
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
-        self._writer = pq.ParquetWriter(tmp, self.schema)
+        try:
+            self._writer = pq.ParquetWriter(tmp, self.schema)
+        except BaseException:
+            # the temp file goes now (not when the generator is collected); a full disk
+            # becomes atomic_path's DsmError naming the path
+            if not self._atomic.__exit__(*sys.exc_info()):
+                raise
         return self
 
     def write(self, columns: dict) -> None:
@@ -254,6 +260,7 @@ def normalize_from_params(cfg: dict, model, data, out, device=None) -> dict:
     images = (store.images(np.arange(i, min(n, i + bs))) for i in range(0, n, bs))
     entropy = str(ecfg.get("norm_entropy", "isotropic"))
     result = normalization_constant(net, images, t_max, seed, entropy=entropy, batch_size=bs, device=dev)
+    check_finite(result["c_nats"], f"{model}: normalization constant c_nats (non-finite model energies)")
     result.update({
         "method": ("one-shot: H - mean U(x + sqrt(T) z, T) over test images at T = t_max, H the "
                    "entropy of " + {"isotropic": "N(mean, T I)",
@@ -349,12 +356,10 @@ def _read_norm(path, model_sha: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DsmError(f"{path}: normalization file not found; run `dsm normalize`")
-    try:
-        info = json.loads(path.read_text())
-    except ValueError:
-        raise DsmError(f"{path}: not valid JSON") from None
+    info = read_json(path, "normalization file")      # NaN/Infinity anywhere: refused
     if not isinstance(info, dict) or "c_nats" not in info:
         raise DsmError(f"{path}: key 'c_nats' missing")
+    check_finite(info["c_nats"], f"{path}: c_nats")
     if info.get("model_sha256") not in (None, model_sha):
         raise DsmError(f"{path}: computed for another model (model_sha256 {str(info['model_sha256'])[:12]} "
                        f"!= {model_sha[:12]}); rerun `dsm normalize`")

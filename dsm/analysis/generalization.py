@@ -45,10 +45,12 @@ def table_path(logp_dir, seed: int, n: int, split: str) -> Path:
 
 
 def read_table(path) -> pd.DataFrame:
+    from dsm.io import read_parquet
+
     path = Path(path)
     if not path.is_file():
         raise DsmError(f"{path}: per-image log p table not found (run `dsm evaluate`)")
-    df = pd.read_parquet(path)
+    df = read_parquet(path, "per-image log p table")
     missing = [c for c in (SET, ID, LOGP) if c not in df.columns]
     if missing:
         raise DsmError(f"{path}: columns {missing} missing (has {list(df.columns)})")

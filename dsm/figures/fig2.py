@@ -120,13 +120,15 @@ def plot_fig2(pairs: dict, metrics: dict, p: dict, path, title: str | None = Non
 
 def fig2_from_params(cfg: dict, logp, metrics, out) -> None:
     """`dsm fig2`: the figure for the Ns of the metrics file (from `dsm compare`)."""
-    import json
+    from dsm.io import read_json
 
     p = fig2_params(cfg)
     metrics_path = Path(metrics)
     if not metrics_path.is_file():
         raise DsmError(f"{metrics_path}: metrics not found (run `dsm compare`)")
-    m = json.loads(metrics_path.read_text())
+    m = read_json(metrics_path, "metrics file")
+    if not isinstance(m, dict) or not isinstance(m.get("by_N", {}), dict):
+        raise DsmError(f"{metrics_path}: not a metrics file of `dsm compare` (by_N)")
     ns = sorted(int(n) for n in m.get("by_N", {}))
     if not ns:
         raise DsmError(f"{metrics_path}: no per-N metrics")

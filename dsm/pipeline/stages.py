@@ -309,7 +309,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage(
         name="publish_fig1", entry=None, reads=(),
         inputs={"pdf": "results/{scale}/fig1/fig1.pdf"}, outputs={"pdf": "figures/fig1.pdf"},
-        args="", command="cp {input.pdf} {output.pdf}", resources="light",
+        # copied beside it, then renamed: a kill never leaves a partial figure in place
+        args="", command="cp {input.pdf} {output.pdf}.part && mv -f {output.pdf}.part {output.pdf}",
+        resources="light",
         doc="Figure 1 of the active scale under figures/"),
 ]}
 

@@ -27,6 +27,12 @@ ROOT = str(Path(workflow.basedir))
 # Fail at parse time, before any job starts, with the dotted key in the message
 # (schema, then the cross-key checks of dsm.config.check_params); the same checks run
 # again in every `dsm` command, so `dvc repro` fails on its first stage the same way.
+# The jobs read params.yaml, as DVC's do: a --config/--configfile value other than
+# scale=NAME would not reach them, so it is refused (docs/pipeline.md).
+try:
+    dsm.config.check_workflow_config(config, render.PARAMS_FILE)
+except dsm.errors.DsmError as e:
+    raise WorkflowError(str(e)) from None
 try:
     dsm.config.validate_params(config, render.PARAMS_FILE)
 except dsm.errors.DsmError as e:
