@@ -290,7 +290,7 @@ def evaluate_from_params(cfg: dict, model, norm, data, splits, n: int, split: st
     dev_spec = device if device is not None else cfg.get("device", "auto")
     net, payload, dev = load_energy_model(model, dev_spec)
     model_sha = sha256_file(model)
-    norm_info = _read_norm(norm, model_sha)
+    norm_info = read_norm(norm, model_sha)
     prov = payload.get("provenance", {})
     if prov.get("N") not in (None, int(n)) or prov.get("split") not in (None, split):
         raise DsmError(f"{model}: trained on N={prov.get('N')} split {prov.get('split')}, "
@@ -317,7 +317,7 @@ def evaluate_test_set_from_params(cfg: dict, model, norm, data, out, device=None
     stage_threads(cfg, "evaluate")
     dev_spec = device if device is not None else cfg.get("device", "auto")
     net, payload, dev = load_energy_model(model, dev_spec)
-    norm_info = _read_norm(norm, sha256_file(model))
+    norm_info = read_norm(norm, sha256_file(model))
     test = _store(data, "test")
     if tuple(test.shape) != tuple(payload["shape"]):
         raise DsmError(f"{test.path}: images {tuple(test.shape)} do not match the model's {tuple(payload['shape'])}")
@@ -352,7 +352,7 @@ def _write_rows(cfg, out, sets, net, payload, model, norm_info, dev, bs, desc) -
     return Path(out)
 
 
-def _read_norm(path, model_sha: str) -> dict:
+def read_norm(path, model_sha: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DsmError(f"{path}: normalization file not found; run `dsm normalize`")

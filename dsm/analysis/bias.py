@@ -275,11 +275,11 @@ def bias_from_params(cfg: dict, model, norm, data, out_csv, out_json) -> dict:
     Writes the per-t table (CSV) and the totals plus the normalization forms' own errors
     at T (JSON). Sources without an exact density are an error.
     """
-    import json
     from pathlib import Path
 
     from dsm.data.exact import exact_density
     from dsm.data.store import open_store
+    from dsm.evaluate import read_norm
     from dsm.io import code_version, sha256_file, write_json, write_text
     from dsm.modelfile import load_energy_model
     from dsm.runtime import stage_threads
@@ -297,9 +297,7 @@ def bias_from_params(cfg: dict, model, norm, data, out_csv, out_json) -> dict:
         write_json(out_json, result)
         return result
     net, payload, _ = load_energy_model(model, cfg.get("device", "auto"))
-    norm_info = json.loads(Path(norm).read_text())
-    if norm_info.get("model_sha256") not in (None, sha256_file(model)):
-        raise DsmError(f"{norm}: computed for another model; rerun `dsm normalize`")
+    norm_info = read_norm(norm, sha256_file(model))
     big_t = float(norm_info["t_max"])         # the level the constant was taken at
     n = min(int(p["n_images"]), len(test))
     x = test.images(np.arange(n))

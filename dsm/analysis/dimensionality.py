@@ -234,7 +234,7 @@ def dimensionality_from_params(cfg: dict, model, norm, data, examples, out: dict
 
     from dsm.analysis.denoising import training_t_range
     from dsm.data.exact import ExactModel, exact_density
-    from dsm.evaluate import _read_norm
+    from dsm.evaluate import read_norm
     from dsm.io import code_version, sha256_file, sha256_json, write_json, write_parquet
     from dsm.modelfile import load_energy_model
     from dsm.runtime import resolve_device, stage_threads
@@ -244,7 +244,7 @@ def dimensionality_from_params(cfg: dict, model, norm, data, examples, out: dict
     dev = resolve_device(device if device is not None else cfg.get("device", "auto"))
     net, payload, dev = load_energy_model(model, dev)
     model_sha = sha256_file(model)
-    c = float(_read_norm(norm, model_sha)["c_nats"])
+    c = float(read_norm(norm, model_sha)["c_nats"])
     test = open_test_part(data)
     if list(test.shape) != list(payload["shape"]):
         raise DsmError(f"{test.path}: images {tuple(test.shape)} do not match the model's {tuple(payload['shape'])}")
