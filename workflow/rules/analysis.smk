@@ -7,7 +7,7 @@ rule compare:
     output:
         **outputs("compare"),
     params:
-        reads=reads("compare"),
+        **params_of("compare"),
     conda:
         CONDA_ENV
     log:
@@ -25,7 +25,7 @@ rule examples:
     output:
         **outputs("examples"),
     params:
-        reads=reads("examples"),
+        **params_of("examples"),
     conda:
         CONDA_ENV
     log:

@@ -8,7 +8,7 @@ rule fig2:
     output:
         **outputs("fig2"),
     params:
-        reads=reads("fig2"),
+        **params_of("fig2"),
     conda:
         CONDA_ENV
     log:
@@ -26,7 +26,7 @@ rule fig1:
     output:
         **outputs("fig1"),
     params:
-        reads=reads("fig1"),
+        **params_of("fig1"),
     conda:
         CONDA_ENV
     log:
@@ -45,6 +45,8 @@ rule publish_fig1:
         **inputs("publish_fig1"),
     output:
         **outputs("publish_fig1"),
+    params:
+        **params_of("publish_fig1"),
     conda:
         CONDA_ENV
     log:
