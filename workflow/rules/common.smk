@@ -49,10 +49,10 @@ else:
 SCALE = RUN["name"]
 ALL_TARGETS = [t.replace("{scale}", SCALE) for t in TARGETS]
 
-# Software of every rule for `--software-deployment-method conda` (clusters): the jobs'
-# dependencies, and a `dsm` command that runs this checkout (envs/dsm.post-deploy.sh);
-# locally the rules run the `dsm` of the environment snakemake runs in. Relative to
-# workflow/rules/. docs/cluster.md: how it was checked.
+# The software of the jobs under `--software-deployment-method conda` (clusters): their
+# dependencies, and a `dsm` command that runs this checkout (envs/dsm.post-deploy.sh).
+# Locally the jobs run the `dsm` of the environment snakemake runs in. The path is relative
+# to workflow/rules/; docs/cluster.md says how it was checked.
 CONDA_ENV = "../envs/dsm.yaml"
 
 
