@@ -76,6 +76,11 @@ def test_the_check_rejects_what_a_reader_could_not_see():
         (dataclasses.replace(fig2, report=(Report("pdf", "fig2.rst", "Figure 2", "F"),)),
          "category 'Figure 2'"),
         (dataclasses.replace(fig2, report=(Report("pdf", "fig2.rst", "generalization", "F",
+                                                  patterns=("{name}.pdf",)),)),
+         "patterns are needed for a directory and only for one"),
+        (dataclasses.replace(fig2, directories=("pdf",)),  # a directory shown without patterns
+         "patterns are needed for a directory and only for one"),
+        (dataclasses.replace(fig2, report=(Report("pdf", "fig2.rst", "generalization", "F",
                                                   data={"m": "results/{scale}/nothing.json"}),)),
          "caption data m = results/{scale}/nothing.json is no stage's output"),
     ]

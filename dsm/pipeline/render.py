@@ -98,7 +98,8 @@ def smk_outputs(stage: Stage, active: str, directory, report=None, root=".") -> 
         if name in shown:
             r = shown[name]
             path = report(path, caption=str(Path(root).resolve() / REPORT_DIR / r.caption),
-                          category=REPORT_CATEGORIES[r.category], subcategory=r.subcategory)
+                          category=REPORT_CATEGORIES[r.category], subcategory=r.subcategory,
+                          patterns=list(r.patterns))
         out[name] = path
     return out
 

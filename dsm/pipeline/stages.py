@@ -92,13 +92,16 @@ class Report:
     entry ``name: path pattern``, that JSON file read (a directory: ``{stem: JSON}`` of
     its ``*.json``), so the caption quotes the numbers of the run it describes.
     ``category``: a key of :data:`REPORT_CATEGORIES` (the paper's section);
-    ``subcategory``: the figure or table (``Figure 2``)."""
+    ``subcategory``: the figure or table (``Figure 2``). For an output that is a directory,
+    ``patterns`` selects its files (Snakemake wildcard patterns relative to it, e.g.
+    ``("{name}.pdf",)``); each is shown with the caption."""
 
     output: str
     caption: str
     category: str
     subcategory: str
     data: dict = field(default_factory=dict)
+    patterns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -349,6 +352,9 @@ def _check_presentation(s: Stage, produced: dict, root) -> None:
             raise ValueError(f"stage {s.name}: report names unknown output {r.output}")
         if not Path(root, REPORT_DIR, r.caption).is_file():
             raise ValueError(f"stage {s.name}: caption {REPORT_DIR}/{r.caption} not found")
+        if (r.output in s.directories) != bool(r.patterns):
+            raise ValueError(f"stage {s.name}: report of {r.output}: patterns are needed for a "
+                             "directory and only for one")
         if r.category not in REPORT_CATEGORIES:
             raise ValueError(f"stage {s.name}: report category {r.category!r} is not one of "
                              f"{list(REPORT_CATEGORIES)}")
