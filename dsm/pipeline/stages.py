@@ -181,8 +181,8 @@ REPORT_CATEGORIES = {
     "density": "3. The density of images",
 }
 # DVC's built-in plot templates; any other Plot.template is workflow/plots/<name>.json
-DVC_TEMPLATES = ("linear", "simple", "scatter", "smooth", "confusion", "confusion_normalized",
-                 "bar_horizontal", "bar_horizontal_sorted")
+DVC_TEMPLATES = ("linear", "simple", "scatter", "scatter_jitter", "smooth", "confusion",
+                 "confusion_normalized", "bar_horizontal", "bar_horizontal_sorted")
 TRAIN_READS = ("model", "train", "resources.train.threads")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
