@@ -159,7 +159,8 @@ def _run_evaluate(args):
 
 def _add_fig1(sub):
     p = sub.add_parser("fig1", help="Figure 1: single vs dual score matching on a Gaussian scale mixture",
-                       description="Train the mixture-of-quadratics model by SSM and DSM; write fig1.pdf and metrics.json.")
+                       description="Train the mixture-of-quadratics model by SSM and DSM; write fig1.pdf, "
+                                   "metrics.json (headline numbers) and details.json.")
     _add_params_options(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--device", default=None)
@@ -183,7 +184,10 @@ def _add_compare(sub):
                                    "models' own training images, and errors against the exact log p.")
     _add_params_options(p)
     p.add_argument("--logp", required=True, help="directory of the per-image tables N{N}-{A,B}.parquet")
-    p.add_argument("--out", required=True, help="output metrics JSON")
+    p.add_argument("--metrics", required=True,
+                   help="output directory of the headline numbers, one N<n>.json per N (DVC metrics)")
+    p.add_argument("--details", required=True,
+                   help="output JSON of every per-N metric, per replicate, with provenance")
     p.add_argument("--by-n", default=None, help="also write the per-N metrics as CSV (DVC plots)")
     p.set_defaults(func=_run_compare)
 
@@ -191,15 +195,16 @@ def _add_compare(sub):
 def _run_compare(args):
     from dsm.analysis.generalization import compare_from_params
 
-    compare_from_params(_scale_cfg(args), logp=args.logp, out=args.out, by_n_csv=args.by_n)
+    compare_from_params(_scale_cfg(args), logp=args.logp, metrics=args.metrics, details=args.details,
+                        by_n_csv=args.by_n)
 
 
 def _add_fig2(sub):
     p = sub.add_parser("fig2", help="Figure 2: log p_A against log p_B, one panel per N",
-                       description="Plot the per-image tables of the Ns in METRICS (from `dsm compare`).")
+                       description="Plot the per-image tables of the Ns in DETAILS (from `dsm compare`).")
     _add_params_options(p)
     p.add_argument("--logp", required=True, help="directory of the per-image tables")
-    p.add_argument("--metrics", required=True, help="metrics JSON from `dsm compare`")
+    p.add_argument("--details", required=True, help="details JSON from `dsm compare`")
     p.add_argument("--out", required=True, help="output PDF")
     p.set_defaults(func=_run_fig2)
 
@@ -207,7 +212,7 @@ def _add_fig2(sub):
 def _run_fig2(args):
     from dsm.figures.fig2 import fig2_from_params
 
-    fig2_from_params(_scale_cfg(args), logp=args.logp, metrics=args.metrics, out=args.out)
+    fig2_from_params(_scale_cfg(args), logp=args.logp, details=args.details, out=args.out)
 
 
 def _add_sync(sub):

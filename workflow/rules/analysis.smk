@@ -7,7 +7,7 @@ rule compare:
     output:
         **outputs("compare"),
     params:
-        reads=reads("compare"),
+        **params_of("compare"),
     conda:
         CONDA_ENV
     log:
@@ -25,7 +25,7 @@ rule examples:
     output:
         **outputs("examples"),
     params:
-        reads=reads("examples"),
+        **params_of("examples"),
     conda:
         CONDA_ENV
     log:
@@ -43,7 +43,7 @@ rule gumbel:
     output:
         **outputs("gumbel"),
     params:
-        reads=reads("gumbel"),
+        **params_of("gumbel"),
     conda:
         CONDA_ENV
     log:
@@ -61,7 +61,7 @@ rule bias:
     output:
         **outputs("bias"),
     params:
-        reads=reads("bias"),
+        **params_of("bias"),
     conda:
         CONDA_ENV
     log:
@@ -82,7 +82,7 @@ rule table1:
     output:
         **outputs("table1"),
     params:
-        reads=reads("table1"),
+        **params_of("table1"),
     conda:
         CONDA_ENV
     log:
@@ -102,7 +102,7 @@ rule dimensionality:
     output:
         **outputs("dimensionality"),
     params:
-        reads=reads("dimensionality"),
+        **params_of("dimensionality"),
     conda:
         CONDA_ENV
     log:
@@ -122,7 +122,7 @@ rule contrast:
     output:
         **outputs("contrast"),
     params:
-        reads=reads("contrast"),
+        **params_of("contrast"),
     conda:
         CONDA_ENV
     log:

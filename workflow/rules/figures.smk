@@ -8,7 +8,7 @@ rule fig2:
     output:
         **outputs("fig2"),
     params:
-        reads=reads("fig2"),
+        **params_of("fig2"),
     conda:
         CONDA_ENV
     log:
@@ -26,7 +26,7 @@ rule fig1:
     output:
         **outputs("fig1"),
     params:
-        reads=reads("fig1"),
+        **params_of("fig1"),
     conda:
         CONDA_ENV
     log:
@@ -45,6 +45,8 @@ rule publish_fig1:
         **inputs("publish_fig1"),
     output:
         **outputs("publish_fig1"),
+    params:
+        **params_of("publish_fig1"),
     conda:
         CONDA_ENV
     log:
@@ -60,7 +62,7 @@ rule fig3:
     output:
         **outputs("fig3"),
     params:
-        reads=reads("fig3"),
+        **params_of("fig3"),
     conda:
         CONDA_ENV
     log:
@@ -78,7 +80,7 @@ rule fig678:
     output:
         **outputs("fig678"),
     params:
-        reads=reads("fig678"),
+        **params_of("fig678"),
     conda:
         CONDA_ENV
     log:
@@ -96,7 +98,7 @@ rule table2:
     output:
         **outputs("table2"),
     params:
-        reads=reads("table2"),
+        **params_of("table2"),
     conda:
         CONDA_ENV
     log:
@@ -114,7 +116,7 @@ rule fig_bias:
     output:
         **outputs("fig_bias"),
     params:
-        reads=reads("fig_bias"),
+        **params_of("fig_bias"),
     conda:
         CONDA_ENV
     log:
@@ -134,7 +136,7 @@ rule fig4:
     output:
         **outputs("fig4"),
     params:
-        reads=reads("fig4"),
+        **params_of("fig4"),
     conda:
         CONDA_ENV
     log:
@@ -152,7 +154,7 @@ rule fig5:
     output:
         **outputs("fig5"),
     params:
-        reads=reads("fig5"),
+        **params_of("fig5"),
     conda:
         CONDA_ENV
     log:
