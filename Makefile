@@ -6,7 +6,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 CORES   ?= 2
 
-.PHONY: venv figures test bench clean-venv
+.PHONY: venv figures report test bench clean-venv
 
 $(BIN)/dsm: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,10 @@ venv: $(BIN)/dsm
 # The main job: every figure of the active scale (params.yaml `run:`), locally.
 figures: venv
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) all
+
+# The browsable report of the figures' run (report.html: figures, tables, captions).
+report: figures
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --report report.html
 
 test: venv
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -ra tests

@@ -5,6 +5,7 @@
 #
 #   snakemake --cores 8 figures/fig2.pdf          # Figure 2 of the active scale
 #   snakemake --config scale=paper -n all        # plan another scale
+#   snakemake --report report.html               # after a run: the browsable report
 
 
 from snakemake.utils import min_version
@@ -13,6 +14,11 @@ min_version("9.0")
 
 
 configfile: "params.yaml"
+
+
+# `snakemake --report report.html` after a run: every figure and table with its caption
+# (workflow/report/, declared in the stage table), grouped by the paper's sections.
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from dsm.errors import DsmError
-from dsm.io import atomic_path, write_text
+from dsm.io import save_torch, write_text
 
 FORMAT = 1
 POINTER = "latest"
@@ -93,14 +93,21 @@ def list_checkpoints(out_dir) -> list[tuple[int, Path]]:
 
 def latest_checkpoint(out_dir) -> Path | None:
     """The file ``OUT/checkpoints/latest`` points to (or, without a pointer, the newest one)."""
+    order = candidates(out_dir)
+    return order[0] if order else None
+
+
+def candidates(out_dir) -> list[Path]:
+    """Every checkpoint file, newest first: the pointer's target, then the others by step."""
     cdir = checkpoint_dir(out_dir)
-    pointer = cdir / POINTER
-    if pointer.is_file():
+    pointer, first = cdir / POINTER, []
+    try:
         target = cdir / pointer.read_text().strip()
-        if target.is_file():
-            return target
-    found = list_checkpoints(out_dir)
-    return found[-1][1] if found else None
+        if _NAME.match(target.name) and target.is_file():
+            first = [target]
+    except (OSError, UnicodeDecodeError):
+        pass
+    return first + [p for _, p in reversed(list_checkpoints(out_dir)) if p not in first]
 
 
 def save_checkpoint(out_dir, step: int, payload: dict, keep: int = 3) -> Path:
@@ -108,8 +115,7 @@ def save_checkpoint(out_dir, step: int, payload: dict, keep: int = 3) -> Path:
     cdir = checkpoint_dir(out_dir)
     path = cdir / f"step_{step:08d}.pt"
     payload = {"format": FORMAT, "step": int(step), **payload}
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(payload, f)   # through a file object: bytes independent of the temp name
+    save_torch(payload, path)   # through a file object: bytes independent of the temp name
     write_text(cdir / POINTER, path.name + "\n")
     for _, old in list_checkpoints(out_dir)[: -max(1, keep)]:
         if old != path:

@@ -159,7 +159,8 @@ def _run_evaluate(args):
 
 def _add_fig1(sub):
     p = sub.add_parser("fig1", help="Figure 1: single vs dual score matching on a Gaussian scale mixture",
-                       description="Train the mixture-of-quadratics model by SSM and DSM; write fig1.pdf and metrics.json.")
+                       description="Train the mixture-of-quadratics model by SSM and DSM; write fig1.pdf, "
+                                   "metrics.json (headline numbers) and details.json.")
     _add_params_options(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--device", default=None)
@@ -183,7 +184,10 @@ def _add_compare(sub):
                                    "models' own training images, and errors against the exact log p.")
     _add_params_options(p)
     p.add_argument("--logp", required=True, help="directory of the per-image tables N{N}-{A,B}.parquet")
-    p.add_argument("--out", required=True, help="output metrics JSON")
+    p.add_argument("--metrics", required=True,
+                   help="output directory of the headline numbers, one N<n>.json per N (DVC metrics)")
+    p.add_argument("--details", required=True,
+                   help="output JSON of every per-N metric, per replicate, with provenance")
     p.add_argument("--by-n", default=None, help="also write the per-N metrics as CSV (DVC plots)")
     p.set_defaults(func=_run_compare)
 
@@ -191,15 +195,16 @@ def _add_compare(sub):
 def _run_compare(args):
     from dsm.analysis.generalization import compare_from_params
 
-    compare_from_params(_scale_cfg(args), logp=args.logp, out=args.out, by_n_csv=args.by_n)
+    compare_from_params(_scale_cfg(args), logp=args.logp, metrics=args.metrics, details=args.details,
+                        by_n_csv=args.by_n)
 
 
 def _add_fig2(sub):
     p = sub.add_parser("fig2", help="Figure 2: log p_A against log p_B, one panel per N",
-                       description="Plot the per-image tables of the Ns in METRICS (from `dsm compare`).")
+                       description="Plot the per-image tables of the Ns in DETAILS (from `dsm compare`).")
     _add_params_options(p)
     p.add_argument("--logp", required=True, help="directory of the per-image tables")
-    p.add_argument("--metrics", required=True, help="metrics JSON from `dsm compare`")
+    p.add_argument("--details", required=True, help="details JSON from `dsm compare`")
     p.add_argument("--out", required=True, help="output PDF")
     p.set_defaults(func=_run_fig2)
 
@@ -207,7 +212,7 @@ def _add_fig2(sub):
 def _run_fig2(args):
     from dsm.figures.fig2 import fig2_from_params
 
-    fig2_from_params(_scale_cfg(args), logp=args.logp, metrics=args.metrics, out=args.out)
+    fig2_from_params(_scale_cfg(args), logp=args.logp, details=args.details, out=args.out)
 
 
 def _add_sync(sub):
@@ -254,7 +259,43 @@ def _run_examples(args):
     examples_from_params(_scale_cfg(args), logp=args.logp, out=args.out)
 
 
-BUILDERS += [_add_compare, _add_fig2, _add_examples, _add_sync]
+def _add_bias(sub):
+    p = sub.add_parser("bias", help="bias budget of a model against the exact density (field)",
+                       description="Split the mean error of log p into the normalization's, the time "
+                                   "score's and the space score's parts (dsm.analysis.bias).")
+    _add_params_options(p)
+    p.add_argument("--model", required=True, help="trained energy model (model.pt)")
+    p.add_argument("--norm", required=True, help="its normalization JSON")
+    p.add_argument("--data", required=True, help="prepared store directory (its test part is used)")
+    p.add_argument("--out", required=True, help="output CSV: the budget per noise level")
+    p.add_argument("--totals", required=True, help="output JSON: the totals")
+    p.set_defaults(func=_run_bias)
+
+
+def _run_bias(args):
+    from dsm.analysis.bias import bias_from_params
+
+    bias_from_params(_scale_cfg(args), model=args.model, norm=args.norm, data=args.data,
+                     out_csv=args.out, out_json=args.totals)
+
+
+def _add_fig_bias(sub):
+    p = sub.add_parser("fig-bias", help="the bias budget figure",
+                       description="Plot `dsm bias`'s per-t table and totals.")
+    _add_params_options(p)
+    p.add_argument("--table", required=True)
+    p.add_argument("--totals", required=True)
+    p.add_argument("--out", required=True, help="output PDF")
+    p.set_defaults(func=_run_fig_bias)
+
+
+def _run_fig_bias(args):
+    from dsm.figures.bias import fig_bias_from_params
+
+    fig_bias_from_params(_scale_cfg(args), table=args.table, totals=args.totals, out=args.out)
+
+
+BUILDERS += [_add_compare, _add_fig2, _add_examples, _add_bias, _add_fig_bias, _add_sync]
 
 
 # --- the distribution of log p: Gumbel fit, Figure 3, Figures 6-8, Table 2 --------------
@@ -381,6 +422,119 @@ def _run_table2(args):
 BUILDERS += [_add_gumbel, _add_probes, _add_fig3, _add_fig678, _add_table2]
 
 
+# --- across noise levels: Table 1, Figures 4 and 5 ------------------------------------
+
+def _add_table1(sub):
+    p = sub.add_parser("table1", help="Table 1: denoising PSNR of the energy and the score model",
+                       description="Denoising PSNR (of the mean MSE over test images, delta-method standard "
+                                   "errors) at the input PSNRs of figures.table1.psnr; writes OUT.csv, OUT.md, "
+                                   "OUT.tex and OUT.json.")
+    _add_params_options(p)
+    p.add_argument("--energy", required=True, help="the full energy model (model.pt)")
+    p.add_argument("--score", required=True, help="the score-only model (model.pt)")
+    p.add_argument("--data", required=True, help="prepared store directory (its test part is used)")
+    p.add_argument("--out", required=True, help="output path without suffix (e.g. results/default/table1)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_table1)
+
+
+def _run_table1(args):
+    from dsm.analysis.denoising import table1_from_params
+
+    out = {k: f"{args.out}.{k}" for k in ("csv", "md", "tex", "json")}
+    table1_from_params(_scale_cfg(args), energy=args.energy, score=args.score, data=args.data, out=out,
+                       device=args.device)
+
+
+def _add_dimensionality(sub):
+    p = sub.add_parser("dimensionality", help="Figure 5's curves: E[log p(y,t)|x] and d_eff (eqs. 11, 12) vs t",
+                       description="For the reference images and the test-set average, on the t grid of "
+                                   "figures.fig5: E[log p(y,t)|x] (dB/dim) and the effective dimensionality by "
+                                   "eq. 11 and eq. 12 (from the model's space and time scores).")
+    _add_params_options(p)
+    p.add_argument("--model", required=True, help="the full energy model (model.pt)")
+    p.add_argument("--norm", required=True, help="its normalization JSON (dsm normalize)")
+    p.add_argument("--data", required=True, help="prepared store directory (its test part is used)")
+    p.add_argument("--examples", required=True, help="reference images (dsm examples)")
+    p.add_argument("--curves", required=True, help="output Parquet of the curves")
+    p.add_argument("--metrics", required=True, help="output JSON")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_dimensionality)
+
+
+def _run_dimensionality(args):
+    from dsm.analysis.dimensionality import dimensionality_from_params
+
+    dimensionality_from_params(_scale_cfg(args), model=args.model, norm=args.norm, data=args.data,
+                               examples=args.examples, out={"curves": args.curves, "metrics": args.metrics},
+                               device=args.device)
+
+
+def _add_fig5(sub):
+    p = sub.add_parser("fig5", help="Figure 5 (right): log p and effective dimensionality against t",
+                       description="Plot the curves of `dsm dimensionality`.")
+    _add_params_options(p)
+    p.add_argument("--curves", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--data", required=True, help="prepared store directory (thumbnails)")
+    p.add_argument("--out", required=True, help="output PDF")
+    p.set_defaults(func=_run_fig5)
+
+
+def _run_fig5(args):
+    from dsm.figures.fig5 import fig5_from_params
+
+    fig5_from_params(_scale_cfg(args), curves=args.curves, metrics=args.metrics, data=args.data, out=args.out)
+
+
+def _add_contrast(sub):
+    p = sub.add_parser("contrast", help="Figure 4's data: log p of a (x - mean) + b; log p vs sparsity",
+                       description="log p of contrast/brightness changes of the reference images (grid and "
+                                   "b = 1/2 slice), and the wavelet participation ratio of every test image "
+                                   "against its log p (Pearson, Spearman).")
+    _add_params_options(p)
+    p.add_argument("--model", required=True, help="the full energy model (model.pt)")
+    p.add_argument("--norm", required=True, help="its normalization JSON")
+    p.add_argument("--data", required=True, help="prepared store directory")
+    p.add_argument("--examples", required=True, help="reference images (dsm examples)")
+    p.add_argument("--logp", required=True, help="per-image table of the test set (dsm evaluate --full)")
+    p.add_argument("--affine", required=True, help="output Parquet: log p over contrast and brightness")
+    p.add_argument("--sparsity", required=True, help="output Parquet: participation ratio and log p")
+    p.add_argument("--metrics", required=True, help="output JSON")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_contrast)
+
+
+def _run_contrast(args):
+    from dsm.analysis.contrast import contrast_from_params
+
+    contrast_from_params(_scale_cfg(args), model=args.model, norm=args.norm, data=args.data,
+                         examples=args.examples, logp=args.logp,
+                         out={"affine": args.affine, "sparsity": args.sparsity, "metrics": args.metrics},
+                         device=args.device)
+
+
+def _add_fig4(sub):
+    p = sub.add_parser("fig4", help="Figure 4: contrast, brightness and sparsity against log p",
+                       description="Plot the tables of `dsm contrast`.")
+    _add_params_options(p)
+    p.add_argument("--affine", required=True)
+    p.add_argument("--sparsity", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--out", required=True, help="output PDF")
+    p.set_defaults(func=_run_fig4)
+
+
+def _run_fig4(args):
+    from dsm.figures.fig4 import fig4_from_params
+
+    fig4_from_params(_scale_cfg(args), affine=args.affine, sparsity=args.sparsity, metrics=args.metrics,
+                     out=args.out)
+
+
+BUILDERS += [_add_table1, _add_dimensionality, _add_fig5, _add_contrast, _add_fig4]
+
+
 # --- estimators side by side, and log p of a user's own images -----------------------
 
 def _add_estimators(sub):
@@ -476,17 +630,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LineTracker:
+    """stderr, remembering whether its last line is finished: progress bars leave a line
+    open (ending in a carriage return), and an error must start on a line of its own, also
+    in a log file."""
+
+    def __init__(self, stream):
+        self.stream, self.at_line_start = stream, True
+
+    def write(self, text):
+        if text:
+            self.at_line_start = text.endswith("\n")
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _error_message(e: BaseException) -> str | None:
+    """The one line for an exception that is bad input or the environment, not a bug:
+    a full disk, an unreadable file, a corrupt Parquet or JSON file (a safety net: the
+    library raises DsmError naming the file wherever it reads one)."""
+    import errno
+    import json
+
+    from dsm.io import is_no_space
+
+    if isinstance(e, DsmError):
+        return str(e)
+    if is_no_space(e):
+        where = f" on the device of {e.filename}" if getattr(e, "filename", None) else ""
+        return f"no space left{where} ({e.strerror or e})"
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EROFS, errno.ENOENT) and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, json.JSONDecodeError):
+        return f"invalid JSON input: {e}"
+    if type(e).__module__.startswith("pyarrow"):
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return f"cannot read input ({type(e).__name__}: {first})"
+    return None
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    stderr = sys.stderr
+    sys.stderr = tracker = _LineTracker(stderr)
+
+    def report(message: str) -> None:
+        if not tracker.at_line_start:
+            tracker.write("\n")         # finish a progress bar's line first
+        tracker.write(f"dsm {args.command}: {message}\n")
+
     try:
         args.func(args)
-    except DsmError as e:
-        print(f"dsm {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(f"dsm {args.command}: interrupted", file=sys.stderr)
+        report("interrupted")
         return 130
+    except Exception as e:  # noqa: BLE001 - anything not recognised is re-raised
+        message = _error_message(e)
+        if message is None:
+            raise
+        report(f"error: {message}")
+        return 2
+    finally:
+        sys.stderr = stderr
     return 0
 
 

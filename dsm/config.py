@@ -67,27 +67,99 @@ def _schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
-def _first_error(validator, instance, source: str, prefix: str = "") -> None:
+def _first_error(validator, instance, source: str, prefix: str = "", text: str | None = None) -> None:
     # `run` is an alias of a scale: name the scale's own key (where the user edits) first.
     errors = sorted(validator.iter_errors(instance),
                     key=lambda e: (list(e.absolute_path)[:1] == ["run"], [str(p) for p in e.absolute_path]))
     if errors:
         e = errors[0]
-        parts = [str(p) for p in e.absolute_path]
-        message = e.message
-        if e.validator == "additionalProperties" and isinstance(e.instance, dict):
-            # name the misspelt key itself, and what is allowed there
-            known = list((e.schema.get("properties") or {}))
-            unknown = sorted(k for k in e.instance if k not in known)
-            if unknown:
-                parts.append(unknown[0])
-                message = f"unknown key (known: {', '.join(known) or 'none'})"
-        elif e.validator == "maxProperties" and e.validator_value == 0 and isinstance(e.instance, dict):
-            parts.append(sorted(e.instance)[0])
-            message = "unknown key (this section takes no options)"
+        parts, message = _describe(e)
+        where = ""
+        if text is not None and parts[:1] == ["scales"] and len(parts) > 2:
+            parts, where = _merged_origin(errors, parts, message, text)
         path = ".".join(parts)
         key = (prefix + path if path else prefix.rstrip(".")) or "<top level>"
-        raise DsmError(f"{source}: {key}: {message}")
+        raise DsmError(f"{source}: {key}{where}: {message}")
+
+
+def _describe(e) -> tuple[list[str], str]:
+    """(dotted path parts, message) of a schema error, naming a misspelt key itself."""
+    parts = [str(p) for p in e.absolute_path]
+    message = e.message
+    if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+        # name the misspelt key itself, and what is allowed there
+        known = list((e.schema.get("properties") or {}))
+        unknown = sorted(k for k in e.instance if k not in known)
+        if unknown:
+            parts.append(unknown[0])
+            message = f"unknown key (known: {', '.join(known) or 'none'})"
+    elif e.validator == "maxProperties" and e.validator_value == 0 and isinstance(e.instance, dict):
+        parts.append(sorted(e.instance)[0])
+        message = "unknown key (this section takes no options)"
+    return parts, message
+
+
+def _merged_origin(errors, parts: list[str], message: str, text: str) -> tuple[list[str], str]:
+    """A bad key that YAML merge keys (``<<:``) or aliases share between scales gives the
+    same error in each of them: report it under the scale where it is written (found by its
+    line in the file) and name the scales that inherit it."""
+    tail = parts[2:]
+    sharing = []
+    for other in errors:
+        o_parts, o_message = _describe(other)
+        if o_parts[:1] == ["scales"] and o_parts[2:] == tail and o_message == message \
+                and o_parts[1] not in sharing:
+            sharing.append(o_parts[1])
+    line, origin = _yaml_origin(text, parts)
+    if origin in sharing:
+        parts = ["scales", origin, *tail]
+    others = [s for s in sharing if s != parts[1]]
+    notes = [f"line {line + 1}"] if line is not None else []
+    if others:
+        notes.append(f"inherited by {', '.join(f'scales.{s}' for s in others)} through a YAML "
+                     f"merge key `<<:` or an alias, where it is {', '.join(f'scales.{s}.' + '.'.join(tail) for s in others)}")
+    return parts, f" ({'; '.join(notes)})" if notes else ""
+
+
+def _yaml_origin(text: str, parts: list[str]) -> tuple[int | None, str | None]:
+    """(0-based line of the key ``parts`` in the YAML text, the scale whose section holds
+    that line), following merge keys; (None, None) if not found."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None, None
+
+    def lookup(node, part):
+        if isinstance(node, yaml.SequenceNode):
+            return (None, node.value[int(part)]) if part.isdigit() and int(part) < len(node.value) else None
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        for k, v in node.value:
+            if k.value == part and k.tag != "tag:yaml.org,2002:merge":
+                return k, v
+        for k, v in node.value:
+            if k.tag == "tag:yaml.org,2002:merge":
+                for sub in (v.value if isinstance(v, yaml.SequenceNode) else [v]):
+                    found = lookup(sub, part)
+                    if found:
+                        return found
+        return None
+
+    node, key = root, None
+    for part in parts:
+        found = lookup(node, part)
+        if found is None:
+            return None, None
+        key, node = found
+    if key is None:
+        return None, None
+    line = key.start_mark.line
+    scales = lookup(root, "scales")
+    if scales and isinstance(scales[1], yaml.MappingNode):
+        for k, v in scales[1].value:
+            if v.start_mark.line <= line <= v.end_mark.line:
+                return line, k.value
+    return line, None
 
 
 def validate_params(params: dict, source: str = "params.yaml") -> None:
@@ -96,7 +168,10 @@ def validate_params(params: dict, source: str = "params.yaml") -> None:
         return
     import jsonschema
 
-    _first_error(jsonschema.Draft202012Validator(_schema()), params, source)
+    text = None
+    if Path(source).is_file():
+        text = Path(source).read_text()
+    _first_error(jsonschema.Draft202012Validator(_schema()), params, source, text=text)
     check_params(params, source)
 
 
@@ -178,6 +253,45 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
                 raise DsmError(f"--set {key}: '{part}' is not a section")
         node[parts[-1]] = value
     return cfg
+
+
+# What Snakemake may take on its command line (`--config scale=NAME`); see check_workflow_config.
+COMMAND_LINE_KEYS = ("scale",)
+
+
+def _first_difference(a, b, prefix: str = ""):
+    """(dotted key, value in a, value in b) of the first difference of two nested
+    mappings (missing: ``...``), or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            found = _first_difference(a.get(key, ...), b.get(key, ...), f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    return None if a == b else (prefix.rstrip("."), a, b)
+
+
+def check_workflow_config(config: dict, params_path="params.yaml") -> None:
+    """Refuse a Snakemake config that differs from ``params_path`` other than in ``scale``.
+
+    The jobs are the `dsm` commands DVC runs too (``--params params.yaml``): they read the
+    file, not Snakemake's config. A value given by ``--config key=value`` or
+    ``--configfile`` would be validated and recorded by Snakemake but not used by any job,
+    and ``dsm sync dvc`` would then record outputs under parameters that did not make them.
+    So the file stays the single source of truth: edit it (docs/pipeline.md)."""
+    params = read_yaml(params_path)
+    given = {k: v for k, v in config.items() if k not in COMMAND_LINE_KEYS}
+    found = _first_difference(params, given)
+    if found is None:
+        return
+    key, ours, theirs = found
+    shown = "absent" if theirs is ... else repr(theirs)
+    file_value = "absent" if ours is ... else repr(ours)
+    raise DsmError(
+        f"--config/--configfile: {key} = {shown} differs from {params_path} ({file_value}): the "
+        f"jobs read {params_path} (the same commands as DVC), so this value would not be used; "
+        f"edit {params_path} instead (on the command line only "
+        f"{', '.join(k + '=NAME' for k in COMMAND_LINE_KEYS)} is accepted)")
 
 
 # Sizes of the real sources' training sets, for checks when `data.n_train` is null.

@@ -17,7 +17,6 @@ results do not depend on the batch size.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -28,7 +27,8 @@ import torch
 
 from dsm import units
 from dsm.errors import DsmError
-from dsm.io import atomic_path, code_version, sha256_file, sha256_json, write_json
+from dsm.io import (atomic_path, check_finite, code_version, read_json, sha256_file, sha256_json,
+                    write_json)
 from dsm.modelfile import load_energy_model
 from dsm.normalization import device_of, normalization_constant
 from dsm.runtime import image_noise, stage_threads
@@ -179,7 +179,13 @@ class ParquetStream:
 
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
-        self._writer = pq.ParquetWriter(tmp, self.schema)
+        try:
+            self._writer = pq.ParquetWriter(tmp, self.schema)
+        except BaseException:
+            # the temp file goes now (not when the generator is collected); a full disk
+            # becomes atomic_path's DsmError naming the path
+            if not self._atomic.__exit__(*sys.exc_info()):
+                raise
         return self
 
     def write(self, columns: dict) -> None:
@@ -233,14 +239,18 @@ def normalize_from_params(cfg: dict, model, data, out, device=None) -> dict:
     """Write the normalization constant of ``model`` (model.pt) to JSON ``out``.
 
     Uses the first ``evaluate.n_norm`` images of the store's ``test`` part, one noise draw
-    each at the model's training ``t_max`` (seed ``evaluate.noise_seed``); the Gaussian
-    entropy at t_max per ``evaluate.norm_entropy`` (dsm.normalization).
+    each at the noise level ``evaluate.norm_t`` (null: the model's training ``t_max``; seed
+    ``evaluate.noise_seed``); the Gaussian entropy there per ``evaluate.norm_entropy``
+    (dsm.normalization). The JSON's ``t_max`` is that level.
     """
     ecfg = _ecfg(cfg)
     stage_threads(cfg, "evaluate")
     dev_spec = device if device is not None else cfg.get("device", "auto")
     net, payload, dev = load_energy_model(model, dev_spec)
+    # the noise level T of the constant: evaluate.norm_t, else the model's training t_max
     t_max = float(payload["config"]["train"]["t_max"])
+    if ecfg.get("norm_t") is not None:
+        t_max = float(ecfg["norm_t"])
     store = _store(data, "test")
     n = min(int(ecfg.get("n_norm", len(store))), len(store))
     bs = int(ecfg.get("batch_size", 256))
@@ -250,10 +260,12 @@ def normalize_from_params(cfg: dict, model, data, out, device=None) -> dict:
     images = (store.images(np.arange(i, min(n, i + bs))) for i in range(0, n, bs))
     entropy = str(ecfg.get("norm_entropy", "isotropic"))
     result = normalization_constant(net, images, t_max, seed, entropy=entropy, batch_size=bs, device=dev)
+    check_finite(result["c_nats"], f"{model}: normalization constant c_nats (non-finite model energies)")
     result.update({
-        "method": ("one-shot: H - mean U(x + sqrt(t_max) z, t_max) over test images, H the entropy "
-                   + ("of N(mean, t_max I)" if entropy == "isotropic" else
-                      "of N(mean, (v + t_max) I), v the test images' variance per pixel")),
+        "method": ("one-shot: H - mean U(x + sqrt(T) z, T) over test images at T = t_max, H the "
+                   "entropy of " + {"isotropic": "N(mean, T I)",
+                                    "data_variance": "N(mean, (v + T) I), v the images' variance per pixel",
+                                    "data_covariance": "N(mean, S + T I), S the images' covariance"}[entropy]),
         "model": str(model), "model_sha256": sha256_file(model), "data": str(store.path),
         "params_sha256": sha256_json(cfg), "code_version": code_version(),
         "model_config_sha256": payload.get("config_sha256"),
@@ -278,7 +290,7 @@ def evaluate_from_params(cfg: dict, model, norm, data, splits, n: int, split: st
     dev_spec = device if device is not None else cfg.get("device", "auto")
     net, payload, dev = load_energy_model(model, dev_spec)
     model_sha = sha256_file(model)
-    norm_info = _read_norm(norm, model_sha)
+    norm_info = read_norm(norm, model_sha)
     prov = payload.get("provenance", {})
     if prov.get("N") not in (None, int(n)) or prov.get("split") not in (None, split):
         raise DsmError(f"{model}: trained on N={prov.get('N')} split {prov.get('split')}, "
@@ -305,7 +317,7 @@ def evaluate_test_set_from_params(cfg: dict, model, norm, data, out, device=None
     stage_threads(cfg, "evaluate")
     dev_spec = device if device is not None else cfg.get("device", "auto")
     net, payload, dev = load_energy_model(model, dev_spec)
-    norm_info = _read_norm(norm, sha256_file(model))
+    norm_info = read_norm(norm, sha256_file(model))
     test = _store(data, "test")
     if tuple(test.shape) != tuple(payload["shape"]):
         raise DsmError(f"{test.path}: images {tuple(test.shape)} do not match the model's {tuple(payload['shape'])}")
@@ -340,16 +352,14 @@ def _write_rows(cfg, out, sets, net, payload, model, norm_info, dev, bs, desc) -
     return Path(out)
 
 
-def _read_norm(path, model_sha: str) -> dict:
+def read_norm(path, model_sha: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DsmError(f"{path}: normalization file not found; run `dsm normalize`")
-    try:
-        info = json.loads(path.read_text())
-    except ValueError:
-        raise DsmError(f"{path}: not valid JSON") from None
+    info = read_json(path, "normalization file")      # NaN/Infinity anywhere: refused
     if not isinstance(info, dict) or "c_nats" not in info:
         raise DsmError(f"{path}: key 'c_nats' missing")
+    check_finite(info["c_nats"], f"{path}: c_nats")
     if info.get("model_sha256") not in (None, model_sha):
         raise DsmError(f"{path}: computed for another model (model_sha256 {str(info['model_sha256'])[:12]} "
                        f"!= {model_sha[:12]}); rerun `dsm normalize`")

@@ -25,7 +25,7 @@ import torch
 
 from dsm import checkpoint as ckpt
 from dsm.errors import DsmError
-from dsm.io import sha256_json, write_json, write_text
+from dsm.io import is_no_space, remove_stale_temps, sha256_json, write_json, write_text
 from dsm.runtime import derived_seed, resolve_device, seed_everything, set_determinism, use_threads
 
 REQUIRED_KEYS = ("steps", "batch_size", "lr", "lr_halve_every", "t_min", "t_max", "seed")
@@ -129,7 +129,8 @@ def fit(model: torch.nn.Module,
         device=None,
         loss_fn: Callable | None = None,
         identity: Mapping | None = None,
-        desc: str = "train") -> FitResult:
+        desc: str = "train",
+        replaces=()) -> FitResult:
     """Train ``model`` in place for ``cfg['steps']`` Adam steps, resumably. See docs/DESIGN.md.
 
     next_batch(step, generator) -> x (B, ...): the clean batch of 0-based step ``step``;
@@ -140,6 +141,9 @@ def fit(model: torch.nn.Module,
         (auto|dual|dsm), keep_checkpoints, threads, deterministic, device.
     loss_fn(model, x, t, z) -> dict(loss, ...): overrides cfg['loss'].
     identity: extra plain data (model config, data hashes) that must match to resume.
+    replaces: files of a previous run of another config (e.g. its model.pt): like its
+        checkpoints, they are kept until this run writes its first checkpoint (or finishes),
+        so a run that fails or is killed before that leaves the previous one intact.
     """
     cfg = dict(cfg)
     for key in REQUIRED_KEYS:
@@ -158,12 +162,12 @@ def fit(model: torch.nn.Module,
     loss_fn = loss_fn or _default_loss(cfg.get("loss", "auto"), model)
     previous = set_determinism(dev, bool(cfg.get("deterministic", dev.type == "cpu")))
     try:
-        return _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc)
+        return _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc, tuple(replaces))
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
-def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitResult:
+def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc, replaces) -> FitResult:
     from dsm.objectives import sample_noise_levels
 
     steps, seed = int(cfg["steps"]), int(cfg["seed"])
@@ -175,7 +179,6 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitRe
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved, chash = config_hash(cfg, identity)
-    write_json(out_dir / "config.json", {"config_sha256": chash, **resolved})
 
     model.to(dev)
     model.train()
@@ -192,43 +195,103 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitRe
     # running sums of the loss terms since the last metrics record: checkpointed, so the
     # records of a resumed run are those of an uninterrupted one
     accum = {"sums": {}, "n": 0}
-    latest = ckpt.latest_checkpoint(out_dir)
-    if latest is not None:
-        payload = ckpt.load_checkpoint(latest)
-        if payload.get("config_sha256") == chash:
-            model.load_state_dict(payload["model"])
-            optimizer.load_state_dict(payload["optimizer"])
-            ckpt.set_rng_state(payload["rng"], gens)
-            start = resumed_from = int(payload["step"])
-            seconds = float(payload.get("seconds", 0.0))
-            accum = payload.get("log_accum") or accum
-            if start < steps:
-                print(f"{desc}: resuming from {latest} (step {start}/{steps})", file=sys.stderr)
-        else:
-            n = ckpt.remove_checkpoints(out_dir)
-            print(f"{desc}: config changed (hash {str(payload.get('config_sha256'))[:12]} in "
-                  f"{latest} != {chash[:12]}): removed {n} stale checkpoint(s), starting fresh",
-                  file=sys.stderr)
+    for tdir in (out_dir, ckpt.checkpoint_dir(out_dir)):
+        remove_stale_temps(tdir)            # left by a killed run
+    # Resume from the newest readable checkpoint of this config (a corrupt newest one is
+    # skipped with a warning). Checkpoints of another config (and ``replaces``) are the
+    # previous run: kept, untouched, until this run has its first checkpoint.
+    previous = []        # (path, config hash) of readable checkpoints of another config
+    for path in ckpt.candidates(out_dir):
+        try:
+            payload = ckpt.load_checkpoint(path)
+        except DsmError as e:
+            print(f"{desc}: warning: {e}; falling back to an older checkpoint", file=sys.stderr)
+            continue
+        if payload.get("config_sha256") != chash:
+            previous.append((path, payload.get("config_sha256")))
+            continue
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        ckpt.set_rng_state(payload["rng"], gens)
+        start = resumed_from = int(payload["step"])
+        seconds = float(payload.get("seconds", 0.0))
+        accum = payload.get("log_accum") or accum
+        if start < steps:
+            print(f"{desc}: resuming from {path} (step {start}/{steps})", file=sys.stderr)
+        break
+    replaced = [Path(f) for f in replaces if Path(f).exists()]
+    stale = bool(previous or replaced)
+    if previous and resumed_from is None:
+        print(f"{desc}: config changed (hash {str(previous[0][1])[:12]} in {previous[0][0]} != "
+              f"{chash[:12]}): starting fresh; the previous run's {len(previous)} checkpoint(s) "
+              f"are kept until this run writes its first one", file=sys.stderr)
     metrics_path = out_dir / "metrics.jsonl"
-    kept = _read_metrics(metrics_path, start)   # drop records past the resumed step
-    write_text(metrics_path, "".join(line + "\n" for line in kept))
+    kept = _read_metrics(metrics_path, start) if not stale or resumed_from is not None else []
+    pending: list[str] = []     # metrics records held back while the previous run is kept
+
+    def start_log():
+        write_json(out_dir / "config.json", {"config_sha256": chash, **resolved})
+        write_text(metrics_path, "".join(line + "\n" for line in kept + pending))
+        pending.clear()
+
+    def drop_previous(new=None):
+        """This run has its first checkpoint ``new`` (or is finished): the previous run's
+        files go (a checkpoint of the same step was replaced by ``new`` already)."""
+        nonlocal stale
+        for old in [p for p, _ in previous] + replaced:
+            if old != new:
+                old.unlink(missing_ok=True)
+        if ckpt.latest_checkpoint(out_dir) is None:
+            (ckpt.checkpoint_dir(out_dir) / ckpt.POINTER).unlink(missing_ok=True)
+        stale = False
+        start_log()
+        print(f"{desc}: removed the previous run of another config "
+              f"({len(previous)} checkpoint(s){', ' if replaced else ''}"
+              f"{', '.join(str(p) for p in replaced)})", file=sys.stderr)
+
+    def last_good():
+        return ("none of this config yet (the previous run is kept)" if stale
+                else ckpt.latest_checkpoint(out_dir))
+
+    if not stale:
+        start_log()
     result = FitResult(step=start, resumed_from=resumed_from, config_sha256=chash, config=resolved,
                        last=json.loads(kept[-1]) if kept else {}, seconds=seconds)
     if start >= steps:
+        if stale:
+            drop_previous()
         return result
 
     def save(step_done: int) -> Path:
         state = model.state_dict()
         if not (ckpt.all_finite(state) and ckpt.all_finite(optimizer.state_dict()["state"])):
             raise DsmError(f"step {step_done}: non-finite parameters; checkpoint not written "
-                           f"(last good: {ckpt.latest_checkpoint(out_dir)})")
-        return ckpt.save_checkpoint(out_dir, step_done, {
+                           f"(last good: {last_good()})")
+        path = ckpt.save_checkpoint(out_dir, step_done, {
             "model": state, "optimizer": optimizer.state_dict(),
             "schedule": {"kind": "step_halving", "lr": float(cfg["lr"]),
                          "halve_every": int(cfg["lr_halve_every"] or 0)},
             "rng": ckpt.rng_state(gens), "config": resolved, "config_sha256": chash,
             "seconds": seconds, "log_accum": {"sums": dict(sums), "n": n_sum},
         }, keep=keep)
+        if stale:
+            drop_previous(path)
+        return path
+
+    def log(record: dict) -> None:
+        line = json.dumps(record)
+        if stale:
+            pending.append(line)
+        else:
+            try:
+                with open(metrics_path, "a") as f:
+                    f.write(line + "\n")
+            except OSError as e:
+                if is_no_space(e):
+                    raise DsmError(f"no space left on the device of {out_dir} (appending to "
+                                   f"{metrics_path.name}); checkpoints written so far are intact"
+                                   ) from None
+                raise
 
     from tqdm import tqdm
 
@@ -266,12 +329,12 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitRe
                     raise DsmError(
                         f"step {step + 1}: loss is {values['loss']} (non-finite; check the data and "
                         f"train.lr); stopped before the update, last good checkpoint: "
-                        f"{ckpt.latest_checkpoint(out_dir)}")
+                        f"{last_good()}")
                 if not math.isfinite(gnorm):
                     raise DsmError(
                         f"step {step + 1}: gradient norm is {gnorm} (loss {values['loss']:.4g}); "
                         f"stopped before the update, last good checkpoint: "
-                        f"{ckpt.latest_checkpoint(out_dir)}")
+                        f"{last_good()}")
                 # update
                 optimizer.step()
                 done = step + 1
@@ -291,8 +354,7 @@ def _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc) -> FitRe
                               "grad_norm": gnorm, "lr": lr,
                               "images_per_s": images / max(now - t_log, 1e-9) if images else None,
                               "seconds": seconds}
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    log(record)
                     bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
                     result.last = record
                     sums, n_sum, images, t_log = {}, 0, 0, now

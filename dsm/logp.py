@@ -132,7 +132,7 @@ def logp(model, inputs, out, *, norm=None, estimator: str = "one-shot", options=
 
     from dsm.data.user import batches, scan
     from dsm.estimators import ESTIMATORS, ModelEnergy, Prior, estimate
-    from dsm.evaluate import ParquetStream, _read_norm
+    from dsm.evaluate import ParquetStream, read_norm
     from dsm.io import code_version, sha256_file
     from dsm.modelfile import load_energy_model
     from dsm.runtime import use_threads
@@ -146,7 +146,7 @@ def logp(model, inputs, out, *, norm=None, estimator: str = "one-shot", options=
     net, payload, dev = load_energy_model(model, device)
     model_sha = sha256_file(model)
     norm_path = find_norm(model, norm)
-    c = float(_read_norm(norm_path, model_sha)["c_nats"])
+    c = float(read_norm(norm_path, model_sha)["c_nats"])
     shape = tuple(int(s) for s in payload["shape"])
     d = int(np.prod(shape))
     items = scan(inputs, shape, resize=resize)                  # every header checked first

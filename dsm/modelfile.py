@@ -15,7 +15,7 @@ from typing import Mapping
 import torch
 
 from dsm.errors import DsmError
-from dsm.io import atomic_path
+from dsm.io import save_torch
 from dsm.runtime import resolve_device
 
 MODEL_FORMAT = "dsm-model/1"
@@ -49,11 +49,9 @@ def write_model_file(path, model: torch.nn.Module, model_cfg: Mapping, shape, co
 
 
 def save_deterministic(payload, path) -> None:
-    """``torch.save`` atomically, with bytes that depend on the payload only: saved through
-    a file object, the archive's inner name is fixed (saving to a path names it after the
-    path, here a random temp name), so equal payloads give equal files and hashes."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(payload, f)
+    """``torch.save`` atomically, with bytes that depend on the payload only
+    (:func:`dsm.io.save_torch`)."""
+    save_torch(payload, path)
 
 
 def read_model_file(path) -> dict:

@@ -16,8 +16,8 @@ import torch
 
 from dsm.errors import DsmError
 from dsm.fit import config_hash, fit
-from dsm.io import code_version, sha256_file, sha256_json
-from dsm.modelfile import resolve_model_cfg, write_model_file
+from dsm.io import code_version, remove_stale_temps, sha256_file, sha256_json
+from dsm.modelfile import read_model_file, resolve_model_cfg, write_model_file
 from dsm.runtime import derived_seed, describe, resolve_device, seed_everything, stage_threads
 
 
@@ -82,6 +82,40 @@ class ImageBatches:
             flip = (torch.rand(len(rows), generator=generator) < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "model.pt")
+
+
+def check_run_dir(out) -> dict | None:
+    """Refuse to train into a directory that is not a run directory of ``dsm train``: one
+    that exists and holds anything but a run's files (config.json, metrics.jsonl,
+    checkpoints/, model.pt) and hidden files, or whose model.pt is not a dsm model file
+    (unless the directory holds a run's checkpoints or config.json: then the unreadable
+    model.pt is replaced like a stale one). A typo in ``--out`` must not overwrite or
+    delete someone else's files. Returns the payload of OUT/model.pt ({} if unreadable,
+    None if absent)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DsmError(f"{out}: exists and is not a directory (--out is the run directory)")
+    if not out.is_dir():
+        return None
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES and not p.name.startswith("."))
+    if foreign:
+        raise DsmError(f"{out}: not a run directory of `dsm train` (it holds {', '.join(foreign[:3])}"
+                       f"{' ...' if len(foreign) > 3 else ''}); refusing to write into it; "
+                       f"choose another --out")
+    model_path = out / "model.pt"
+    if not model_path.exists():
+        return None
+    try:
+        return read_model_file(model_path)
+    except DsmError as e:
+        if (out / "config.json").is_file() or (out / "checkpoints").is_dir():
+            print(f"train: {e}; it will be replaced once this run has its first checkpoint",
+                  file=sys.stderr)
+            return {}
+        raise DsmError(f"{e}; refusing to replace it (not a run directory of `dsm train`)") from None
 
 
 def _model_identity(cfg: dict, shape, store, idx, n: int, split: str) -> dict:
@@ -152,24 +186,26 @@ def train_from_params(cfg: dict, data, splits, n, split: str, out, seed: int = 0
     identity = _model_identity(cfg, shape, store, idx, n, split)
     resolved, chash = config_hash(tcfg, identity)
 
-    if model_path.is_file():
-        try:
-            done = torch.load(model_path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - unreadable: retrain
-            done = {}
-        if isinstance(done, dict) and done.get("config_sha256") == chash:
+    done = check_run_dir(out)
+    replaces = []
+    if done is not None:
+        if done.get("config_sha256") == chash:
             print(f"train: {model_path} is up to date (config {chash[:12]}); nothing to do",
                   file=sys.stderr)
+            for d in (out, out / "checkpoints"):
+                remove_stale_temps(d)           # left by a run killed after its last write
             return model_path
-        print(f"train: {model_path} was trained with another config; retraining", file=sys.stderr)
-        model_path.unlink()
+        if done:
+            print(f"train: {model_path} was trained with another config; retraining (it is "
+                  f"kept until the new run's first checkpoint)", file=sys.stderr)
+        replaces = [model_path]
 
     dev = resolve_device(device if device is not None else cfg.get("device", tcfg.get("device", "auto")))
     seed_everything(int(tcfg["seed"]))  # model initialization
     model = build_model(cfg["model"], channels=shape[0], image_size=shape[1])
     batches = ImageBatches(store, idx, tcfg["batch_size"], int(tcfg["seed"]), bool(tcfg.get("hflip", False)), dev)
     result = fit(model, batches, tcfg, out, device=dev, identity=identity,
-                 desc=f"train N={n} {split}")
+                 desc=f"train N={n} {split}", replaces=replaces)
 
     provenance = {
         "code_version": code_version(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -86,20 +87,59 @@ def write_tables(tmp_path, ns, noise, seed=0):
             t.to_parquet(path)
 
 
-def test_compare_from_params_writes_json_and_csv(tmp_path):
+def test_compare_from_params_writes_headline_details_and_csv(tmp_path):
     ns = [1, 10, 100]
     write_tables(tmp_path, ns, lambda n: 1.0 / n)
     cfg = {"name": "unit", "split": {"N": ns}, "seeds": [0]}
-    out, csv = tmp_path / "m.json", tmp_path / "m.csv"
-    metrics = gen.compare_from_params(cfg, tmp_path, out, csv)
-    data = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
-    assert data["by_N"].keys() == metrics["by_N"].keys()
+    metrics, details, csv = tmp_path / "m", tmp_path / "d.json", tmp_path / "m.csv"
+    out = gen.compare_from_params(cfg, tmp_path, metrics, details, csv)
+    data = json.loads(details.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert data["by_N"].keys() == out["by_N"].keys()
     assert data["dataset"] == "field" and data["scale"] == "unit"
     assert data["by_N"]["1"]["pearson_r"] is None
     assert data["by_N"]["1"]["rms_db"] > 5 and data["by_N"]["100"]["rms_db"] < 0.1
     assert data["by_N"]["100"]["pearson_r"] > 0.99
     table = pd.read_csv(csv)
     assert list(table["N"]) == ns and "rms_db" in table
+    # the headline numbers: one file per N, the details' values under unit-carrying names
+    assert sorted(f.name for f in metrics.iterdir()) == ["N1.json", "N10.json", "N100.json"]
+    for n in ns:
+        lean = json.loads((metrics / f"N{n}.json").read_text())
+        full = data["by_N"][str(n)]
+        assert lean == {"pearson_r": full["pearson_r"], "rms_A_minus_B_db_per_dim": full["rms_db"],
+                        "mean_A_minus_B_db_per_dim": full["mean_db"],
+                        "bias_db_per_dim": full["exact_mean_err_db"],
+                        "bias_sd_db_per_dim": full["exact_mean_err_db_sd"]}
+        check_headline_file(metrics / f"N{n}.json")
+    # a rerun replaces the directory whole (an N dropped from split.N leaves no file behind)
+    gen.compare_from_params({**cfg, "split": {"N": [10, 100]}}, tmp_path, metrics, details)
+    assert sorted(f.name for f in metrics.iterdir()) == ["N10.json", "N100.json"]
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".m.")]
+
+
+def check_headline_file(path, most=20):
+    """A DVC metrics file: at most ``most`` numbers (null allowed), each named with its unit,
+    no strings or lists (DVC would show strings as columns and drop lists)."""
+    from dsm.pipeline.report import metric_unit
+
+    def leaves(obj, prefix=""):
+        for k, v in obj.items():
+            if isinstance(v, dict):
+                yield from leaves(v, f"{prefix}{k}.")
+            else:
+                yield prefix + k, v
+
+    values = dict(leaves(json.loads(Path(path).read_text())))
+    assert 0 < len(values) <= most, (path, len(values))
+    for key, v in values.items():
+        assert v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)), (path, key, v)
+        assert metric_unit(key.rsplit(".", 1)[-1]) is not None, f"{path}: {key} names no unit"
+
+
+def test_headline_without_exact_density_has_no_bias():
+    by_n = {"10": {"pearson_r": 0.5, "rms_db": 1.0, "mean_db": 0.1, "n_images": 20}}
+    assert gen.headline(by_n) == {"N10": {"pearson_r": 0.5, "rms_A_minus_B_db_per_dim": 1.0,
+                                          "mean_A_minus_B_db_per_dim": 0.1}}
 
 
 def test_replicates_are_aggregated_mean_and_sd(tmp_path):
@@ -130,9 +170,9 @@ def test_fig2_pdf(tmp_path):
     write_tables(tmp_path, ns, lambda n: 1.0 / n)
     cfg = {"name": "unit", "split": {"N": ns}, "seeds": [0],
            "figures": {"fig2": {"max_points": 50, "lim": None}}}
-    gen.compare_from_params(cfg, tmp_path, tmp_path / "m.json")
+    gen.compare_from_params(cfg, tmp_path, tmp_path / "m", tmp_path / "d.json")
     out = tmp_path / "fig" / "fig2.pdf"
-    fig2.fig2_from_params(cfg, tmp_path, tmp_path / "m.json", out)
+    fig2.fig2_from_params(cfg, tmp_path, tmp_path / "d.json", out)
     assert out.read_bytes()[:5] == b"%PDF-"
     assert not list(out.parent.glob(".*tmp*"))
     pairs = fig2.load_pairs(tmp_path, 0, [100], 50)

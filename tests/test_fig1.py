@@ -218,7 +218,7 @@ def test_normalization_constant_of_an_exact_model():
     c_var = r["c_nats"]
     assert abs(c_var) < 4 * se + 0.05 + 500 * 0.01 / 101, c_var  # v̂ within 1 % of σ² = 1
     xd = x.double()
-    v = float(((xd - xd.mean(0)) ** 2).mean())       # per-dimension variance, averaged
+    v = float(xd.var(0, unbiased=True).mean())       # per-dimension variance (ddof 1), averaged
     assert r["data_variance"] == pytest.approx(v, rel=1e-9)
     assert c_var - c_iso == pytest.approx(500 * math.log(1 + v / 100), rel=1e-9)
     with pytest.raises(DsmError, match="norm_entropy"):
@@ -262,7 +262,7 @@ def test_fig1_params_defaults_and_errors():
 
 TINY = ["fig1.n=500", "fig1.n_norm=200", "fig1.steps=6", "fig1.batch_size=32", "fig1.width=16",
         "fig1.layers=3", "fig1.grid=100", "fig1.lr_halve_every=3", "fig1.checkpoint_every=3",
-        "fig1.log_every=1", "fig1.threads=1"]
+        "fig1.log_every=1", "resources.train.threads=1"]
 
 
 def test_dsm_fig1_end_to_end(tmp_path, capsys):
@@ -277,7 +277,7 @@ def test_dsm_fig1_end_to_end(tmp_path, capsys):
     assert main(argv) == 0
     pdf = tmp_path / "fig1.pdf"
     assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5000
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "details.json").read_text())
     for m in ("ssm", "dsm"):
         for key in ("max_abs", "rms", "max_abs_shifted", "rms_shifted", "shift_minimax", "shift_mean",
                     "c_nats", "train_seconds"):
@@ -292,8 +292,16 @@ def test_dsm_fig1_end_to_end(tmp_path, capsys):
     first_d = [json.loads(line) for line in (tmp_path / "dsm" / "metrics.jsonl").read_text().splitlines()]
     assert first[0]["tsm"] == pytest.approx(first_d[0]["tsm"], rel=1e-6)  # step 1, before any update
     assert first[0]["dsm"] == pytest.approx(first_d[0]["dsm"], rel=1e-6)
-    # rerun: the finished trainings are reused, the outputs rewritten identically
-    before = (tmp_path / "metrics.json").read_text()
+    # the headline numbers (DVC metrics): the details' raw errors under unit-carrying names
+    headline = json.loads((tmp_path / "metrics.json").read_text())
+    assert headline == {"dual_max_abs_err_db_per_dim": metrics["dsm"]["max_abs"],
+                        "dual_rms_err_db_per_dim": metrics["dsm"]["rms"],
+                        "single_max_abs_err_db_per_dim": metrics["ssm"]["max_abs"],
+                        "single_rms_err_db_per_dim": metrics["ssm"]["rms"]}
+    from test_analysis import check_headline_file
+
+    check_headline_file(tmp_path / "metrics.json")
+    # rerun: the finished trainings are reused, the headline rewritten byte for byte (no timings)
+    before = (tmp_path / "metrics.json").read_bytes()
     assert main(argv) == 0
-    after = json.loads((tmp_path / "metrics.json").read_text())
-    assert after["dsm"]["max_abs"] == json.loads(before)["dsm"]["max_abs"]
+    assert (tmp_path / "metrics.json").read_bytes() == before

@@ -125,7 +125,7 @@ def test_gelu_net_is_not_exactly_homogeneous():
     assert rel((y * g).flatten(1).sum(1), 2 * u) > 1e-3
 
 
-@pytest.mark.parametrize("embedding", ["linear", "log"])
+@pytest.mark.parametrize("embedding", ["linear", "log", "release", "log-release"])
 def test_scores_match_finite_differences(embedding):
     model = EnergyModel(tiny_net(embedding=embedding))
     y, t = batch()
@@ -150,7 +150,7 @@ def test_energy_and_scores_agree_with_separate_calls_and_denoiser():
     torch.testing.assert_close(model.denoise(y, t), y - t[:, None, None, None] * gy)
 
 
-@pytest.mark.parametrize("embedding", ["linear", "log"])
+@pytest.mark.parametrize("embedding", ["linear", "log", "release", "log-release"])
 def test_embedding_grad_mode_gives_the_same_partials(embedding):
     ref = EnergyModel(tiny_net(embedding=embedding))
     alt = EnergyModel(tiny_net(embedding=embedding), grad_mode="embedding")
@@ -216,3 +216,28 @@ def test_log_embedding_floor_maps_t0_into_the_trained_range():
     assert "log_t_floor" not in resolve_model_cfg({"embedding": "linear"}, {"t_min": t_min})
     net = build_model({**m, "widths": [4], "mid_width": 4, "layers_per_block": 2}, 1, 8).net
     assert net.embed.log_t_floor == t_min
+
+
+def test_release_embedding_is_exactly_the_released_features():
+    """release: cos(ω t), sin(ω t), ω = logspace(0, -2, 32) (1 down to 0.01), no 2π."""
+    emb = NoiseEmbedding("release")
+    omega = torch.logspace(0.0, -2.0, 32, dtype=torch.float64)
+    assert omega[0].item() == 1.0 and abs(omega[-1].item() - 0.01) < 1e-15
+    assert torch.equal(emb.freqs, omega.float())
+    t = torch.tensor([0.0, 1e-3, 0.5, 7.0, 1e3])
+    arg = t[:, None] * omega.float()
+    assert torch.equal(emb.features(t), torch.cat([torch.cos(arg), torch.sin(arg)], dim=1))
+    # log-release: the same frequencies of ln(t + floor); linear and log keep their 2π
+    lr = NoiseEmbedding("log-release", log_t_floor=1e-5).double()
+    u = torch.log(t.double() + 1e-5)[:, None] * omega.float().double()  # the buffer is float32
+    torch.testing.assert_close(lr.features(t.double()), torch.cat([torch.cos(u), torch.sin(u)], dim=1))
+    for kind in ("linear", "log"):
+        torch.testing.assert_close(NoiseEmbedding(kind).freqs, (2 * math.pi * omega).float())
+
+
+def test_log_release_floor_is_resolved_like_log():
+    from dsm.train import resolve_model_cfg
+
+    m = resolve_model_cfg({"embedding": "log-release", "log_t_floor": None}, {"t_min": 1e-5})
+    assert m["log_t_floor"] == 1e-5
+    assert "log_t_floor" not in resolve_model_cfg({"embedding": "release"}, {"t_min": 1e-5})

@@ -27,7 +27,9 @@ def outputs_of(repo):
     for top in ("data", "models", "results", "figures"):
         for p in (repo / top).rglob("*") if (repo / top).exists() else []:
             rel = str(p.relative_to(repo))
-            if p.name == ".gitignore" or "/checkpoints" in rel or "/fig1/ssm" in rel or "/fig1/dsm" in rel:
+            # .snakemake_timestamp: Snakemake's mark in a directory output (DVC ignores it)
+            if (p.name in (".gitignore", ".snakemake_timestamp") or "/checkpoints" in rel
+                    or "/fig1/ssm" in rel or "/fig1/dsm" in rel):
                 continue
             if rel.startswith(f"data/{SCALE}/images/"):
                 continue
@@ -40,12 +42,15 @@ def check_results(repo):
     ns = load_params(repo)["scales"][SCALE]["split"]["N"]
     pdf = repo / "figures/fig2.pdf"
     assert pdf.read_bytes()[:5] == b"%PDF-"
-    metrics = json.loads((repo / f"results/{SCALE}/fig2_metrics.json").read_text())
+    metrics = json.loads((repo / f"results/{SCALE}/fig2_details.json").read_text())
     assert sorted(int(n) for n in metrics["by_N"]) == sorted(ns)
     for n in ns:
         m = metrics["by_N"][str(n)]
         assert m["n_images"] == 2 * min(n, load_params(repo)["scales"][SCALE]["evaluate"]["max_per_set"])
         assert m["rms_db"] >= 0 and "exact_rms_err_db" in m  # field: exact log p known
+        lean = json.loads((repo / f"results/{SCALE}/fig2_metrics/N{n}.json").read_text())
+        assert lean["rms_A_minus_B_db_per_dim"] == m["rms_db"]
+        assert lean["bias_db_per_dim"] == m["exact_mean_err_db"]
     table = pd.read_parquet(repo / f"results/{SCALE}/logp/seed0/N{ns[-1]}-A.parquet")
     assert set(table["image_set"]) == {"A", "B", "test"}
     for col in ("image_id", "dataset", "N", "model_split", "t", "energy_nats", "logp_db_per_dim",
@@ -70,7 +75,86 @@ def test_snakemake_end_to_end(snakemake_run):
     assert list((snakemake_run / f"benchmarks/{SCALE}/train").rglob("*.tsv"))
 
 
+def test_snakemake_builds_table1_and_figures_4_5_1(snakemake_run):
+    """Across noise levels (README): Table 1, Figures 4 and 5 and Figure 1's third panel
+    come out of `snakemake all` with the numbers the README quotes."""
+    repo, res = snakemake_run, snakemake_run / f"results/{SCALE}"
+    cfg = load_params(repo)["scales"][SCALE]["figures"]
+    for name in ("fig1", "fig4", "fig5"):
+        assert (repo / f"figures/{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    t1 = json.loads((res / "table1.json").read_text())
+    assert [e["input_psnr_db"] for e in t1["by_psnr"]] == [float(p) for p in cfg["table1"]["psnr"]]
+    for e in t1["by_psnr"]:
+        assert {"energy", "score", "optimal", "energy_minus_score"} <= set(e)     # field: optimal row
+        # no denoiser beats the optimal one (beyond its standard error)
+        for name in ("energy", "score"):
+            assert e[name]["psnr_db"] <= e["optimal"]["psnr_db"] + 3 * e["optimal"]["se_db"] + 1e-6
+        assert e["energy_minus_score"]["se_db"] >= 0
+    assert isinstance(t1["claim"]["holds"], bool)
+    assert (res / "table1.md").read_text().count("\n") == 6 and (res / "table1.tex").read_text().startswith("\\begin")
+    assert len(pd.read_csv(res / "table1.csv")) == 3 * len(cfg["table1"]["psnr"])
+    f5 = json.loads((res / "fig5/metrics.json").read_text())
+    worst = f5["model_consistency"]["largest_disagreement"]
+    assert {"gap", "gap_se", "t", "curve"} <= set(worst)
+    assert f5["exact_consistency"]["fraction_of_points_agreeing_statistically"] >= 0.8
+    curves = pd.read_parquet(res / "fig5/curves.parquet")
+    n_ref = load_params(repo)["scales"][SCALE]["figures"]["examples"]["count"]
+    assert len(curves) == (n_ref + 1) * cfg["fig5"]["points"]
+    f4 = json.loads((res / "fig4/metrics.json").read_text())
+    for who in ("model", "exact"):
+        assert -1 <= f4["sparsity"][who]["pearson_r"] <= 1 and -1 <= f4["sparsity"][who]["spearman_rho"] <= 1
+    affine = pd.read_parquet(res / "fig4/affine.parquet")
+    g = cfg["fig4"]
+    assert len(affine) == g["contrast_points"] * (g["brightness_points"] + n_ref)
+    f1 = json.loads((res / "fig1/details.json").read_text())
+    assert f1["landscape"]["barrier_direct_nats"] > f1["landscape"]["barrier_detour_nats"]
+
+
 def test_snakemake_second_run_does_nothing(snakemake_run):
+    assert planned_jobs(snakemake(["all", "--dry-run"], snakemake_run)) == {}
+
+
+def report_results(html: str) -> dict:
+    """The results a Snakemake report embeds: {path: {caption, data_uri, ...}}."""
+    start = html.index('<script id="results">')
+    body = html[start:html.index("</script>", start)]
+    return json.loads(body.split("var results = ", 1)[1].strip().rstrip(";"))
+
+
+def test_report_of_the_smoke_run(snakemake_run, tmp_path):
+    """`snakemake --report report.html` after the run: one self-contained page with every
+    figure of `rule all` and every output the stage table flags, each embedded byte for
+    byte, in its category, with a caption that quotes the run's own headline numbers."""
+    import base64
+
+    from dsm.pipeline.stages import REPORT_CATEGORIES, STAGES, TARGETS
+
+    out = tmp_path / "report.html"
+    snakemake(["--report", str(out)], snakemake_run, timeout=300)
+    html = out.read_text()
+    results = report_results(html)
+    shown = {s.outputs[r.output].replace("{scale}", SCALE): (s, r) for s in STAGES.values() for r in s.report}
+    figures = [t for t in TARGETS if t.startswith("figures/")]
+    assert set(figures) <= set(results) and set(results) == set(shown)
+    for path, (stage, r) in shown.items():
+        entry = results[path]
+        assert base64.b64decode(entry["data_uri"].split("base64,", 1)[1]) == (snakemake_run / path).read_bytes()
+        assert entry["job_properties"]["rule"] == stage.name and entry["caption"], path
+    assert "application/vnd.apache.parquet" in results[f"results/{SCALE}/full/logp-test.parquet"]["data_uri"][:60]
+    cats = json.loads(html.split('<script id="categories">', 1)[1].split("var categories = ", 1)[1]
+                      .split("</script>", 1)[0].strip().rstrip(";"))
+    assert set(REPORT_CATEGORIES.values()) == set(cats)
+    # the captions quote the numbers of this run
+    ns = sorted(load_params(snakemake_run)["scales"][SCALE]["split"]["N"])
+    last = json.loads((snakemake_run / f"results/{SCALE}/fig2_metrics/N{ns[-1]}.json").read_text())
+    fig2 = " ".join(results["figures/fig2.pdf"]["caption"].split())
+    assert f"at N = {ns[-1]} the two models agree with Pearson r = {last['pearson_r']:.4f}" in fig2
+    assert f"RMS difference of {last['rms_A_minus_B_db_per_dim']:.3g} dB/dim" in fig2
+    fig1m = json.loads((snakemake_run / f"results/{SCALE}/fig1/metrics.json").read_text())
+    fig1 = " ".join(results["figures/fig1.pdf"]["caption"].split())
+    assert f"{fig1m['dual_max_abs_err_db_per_dim']:.3g} dB/dim for dual score matching" in fig1
+    assert f"results of the <tt class=\\\"docutils literal\\\">{SCALE}</tt> scale" in html
+    # building the report changed nothing: Snakemake still plans no job
     assert planned_jobs(snakemake(["all", "--dry-run"], snakemake_run)) == {}
 
 
@@ -123,10 +207,46 @@ def test_sync_dvc_leaves_both_tools_up_to_date(adopted):
     res = dvc(["repro"], adopted)
     assert "Running stage" not in res.stdout, res.stdout
     lock = (adopted / "dvc.lock").read_text()
-    assert "train@0-1-A" in lock and "run.train" in lock
-    shown = dvc(["metrics", "show", "--json"], adopted).stdout
-    assert f"results/{SCALE}/fig2_metrics.json" in shown and "pearson_r" in shown
-    assert f"results/{SCALE}/fig1/metrics.json" in shown
+    assert "train@0-1-A" in lock and "run.train" in lock  # matrix: seed, N, split
+
+
+def test_dvc_metrics_are_headline_numbers_named_with_units(adopted):
+    """`dvc metrics show`: the files the stage table declares (a directory stands for its
+    files), each at most 20 numbers named with their unit; per figure the table is one
+    terminal wide; `dvc metrics diff` lists each number on its own line."""
+    from dsm.pipeline.stages import METRICS
+    from test_analysis import check_headline_file
+
+    repo, _ = adopted
+    shown = json.loads(dvc(["metrics", "show", "--json"], repo).stdout)
+    (data,) = [rev["data"] for rev in shown.values()]  # one revision (its key: "" or "workspace")
+    files = set(data)
+    ns = load_params(repo)["scales"][SCALE]["split"]["N"]
+    assert files == {f"results/{SCALE}/fig2_metrics/N{n}.json" for n in ns} | {f"results/{SCALE}/fig1/metrics.json"}
+    for f in files:
+        check_headline_file(repo / f)
+        values = {k: v for k, v in json.loads((repo / f).read_text()).items() if v is not None}
+        assert data[f]["data"] == values  # DVC leaves out nulls
+    for m in METRICS:
+        table = dvc(["metrics", "show", m.replace("{scale}", SCALE)], repo).stdout
+        assert max(len(line) for line in table.splitlines()) <= 160, table
+    fig1 = dvc(["metrics", "show", f"results/{SCALE}/fig1/metrics.json"], repo).stdout
+    assert "dual_max_abs_err_db_per_dim" in fig1 and "single_rms_err_db_per_dim" in fig1
+
+
+def test_dvc_plots_have_titles_labels_and_log_axes(adopted):
+    repo, _ = adopted
+    shown = json.loads(dvc(["plots", "show", "--json"], repo).stdout)["data"]
+    specs = {pid: entries[0]["content"] for pid, entries in shown.items() if entries}
+    assert {"fig2_pearson_r", "fig2_rms"} <= set(specs)
+    for pid in ("fig2_pearson_r", "fig2_rms"):
+        spec = specs[pid]
+        assert spec["title"]["text"].startswith("Figure 2")
+        assert spec["encoding"]["x"]["title"] == "N (training images per model)"
+        assert spec["encoding"]["x"]["scale"]["type"] == "log"
+        assert "dB/dim" in spec["encoding"]["y"]["title"] or pid == "fig2_pearson_r"
+        ns = sorted(int(float(row["N"])) for row in spec["data"]["values"])
+        assert ns == sorted(load_params(repo)["scales"][SCALE]["split"]["N"])
 
 
 def test_round_trip_push_clone_pull_resync(adopted, tmp_path):
@@ -170,10 +290,10 @@ def test_dvc_repro_end_to_end(tmp_path, snakemake_run):
     dvc(["repro"], repo, timeout=900, extra_env={"OMP_NUM_THREADS": "2"})
     check_results(repo)
     assert outputs_of(repo) == outputs_of(snakemake_run)
-    # bit-identical outputs whichever tool ran the stages (Figure 1's metrics and the
-    # estimators' tables and figure hold timings: their other columns must agree)
+    # bit-identical outputs whichever tool ran the stages (only Figure 1's details and the
+    # estimators' tables and figure hold timings: the estimators' other columns must agree)
     mine, theirs = content_hashes(repo), content_hashes(snakemake_run)
-    timed = ("fig1/metrics.json", "estimators.csv", "estimators-images.parquet", "figures/estimators.pdf")
+    timed = ("fig1/details.json", "estimators.csv", "estimators-images.parquet", "figures/estimators.pdf")
     differ = sorted(k for k in mine if mine[k] != theirs.get(k) and not k.endswith(timed))
     assert not differ, differ
     for name, read in (("estimators.csv", pd.read_csv), ("estimators-images.parquet", pd.read_parquet)):

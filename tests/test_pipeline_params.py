@@ -8,7 +8,7 @@ import pytest
 
 from dsm.config import load_scale, validate_params
 from dsm.errors import DsmError
-from test_pipeline_util import REPO, copy_repo, dvc, edit_param, load_params, run, snakemake, tool
+from test_pipeline_util import REPO, copy_repo, edit_param, load_params, run, snakemake, tool
 
 SCALES = ["smoke", "default", "paper", "fashion-mnist"]
 

@@ -79,6 +79,7 @@ def test_each_inputs_dvc_directory_holds_exactly_those_files():
     for s in STAGES.values():
         for p in s.inputs.values():
             if isinstance(p, Each):
+                # the files may sit in per-wildcard folders (seed{seed}/...) under dvc_dir
                 assert p.pattern.startswith(p.dvc_dir + "/")
                 others = [q for t in STAGES.values() for q in t.outputs.values()
                           if (q + "/").startswith(p.dvc_dir + "/") and q != p.pattern]

@@ -209,7 +209,7 @@ def estimators_from_params(cfg: dict, model, norm, data, out, images_out, device
     and the per-image Parquet ``images_out``."""
     from dsm.data.exact import exact_density
     from dsm.data.store import open_store
-    from dsm.evaluate import _read_norm
+    from dsm.evaluate import read_norm
     from dsm.io import code_version, sha256_file, sha256_json, write_parquet, write_text
     from dsm.modelfile import load_energy_model
     from dsm.runtime import stage_threads
@@ -220,7 +220,7 @@ def estimators_from_params(cfg: dict, model, norm, data, out, images_out, device
     stage_threads(cfg, "evaluate")
     net, payload, dev = load_energy_model(model, device if device is not None else cfg.get("device", "auto"))
     model_sha = sha256_file(model)
-    norm_info = _read_norm(norm, model_sha)
+    norm_info = read_norm(norm, model_sha)
     tcfg = payload["config"]["train"]
     t_max, t_min = float(tcfg["t_max"]), float(tcfg["t_min"])
     data = Path(data)

@@ -44,12 +44,12 @@ def select_examples(table: pd.DataFrame, count: int, column: str = LOGP,
 
 def examples_from_params(cfg: dict, logp, out) -> dict:
     """`dsm examples`: the reference images of the scale (``figures.examples.count``)."""
-    from dsm.io import code_version, write_json
+    from dsm.io import code_version, read_parquet, write_json
 
     path = Path(logp)
     if not path.is_file():
         raise DsmError(f"{path}: per-image table not found (run `dsm evaluate --full`)")
-    table = pd.read_parquet(path)
+    table = read_parquet(path, "per-image table")
     count = int(cfg["figures"]["examples"]["count"])
     rows = select_examples(table, count)
     keep = ["image_index", "image_id", LOGP, "target_db_per_dim", "checkpoint_sha256"]

@@ -21,6 +21,10 @@ metric is computed per replicate and reported as the mean over replicates (``<me
 their standard deviation (``<metric>_sd``, 0 for one replicate) and, for the per-model
 errors against the exact log p, the largest magnitude over all models
 (``exact_mean_err_db_max_abs``); the per-replicate values are under ``by_seed``.
+
+Outputs of ``dsm compare``: the headline numbers, one small JSON per N (``N<n>.json``
+with the keys of :data:`HEADLINE`, names carrying units; DVC metrics), all of the above
+in a details JSON (an output, not a metric), and the per-N table as CSV (DVC plots).
 """
 
 from __future__ import annotations
@@ -45,10 +49,12 @@ def table_path(logp_dir, seed: int, n: int, split: str) -> Path:
 
 
 def read_table(path) -> pd.DataFrame:
+    from dsm.io import read_parquet
+
     path = Path(path)
     if not path.is_file():
         raise DsmError(f"{path}: per-image log p table not found (run `dsm evaluate`)")
-    df = pd.read_parquet(path)
+    df = read_parquet(path, "per-image log p table")
     missing = [c for c in (SET, ID, LOGP) if c not in df.columns]
     if missing:
         raise DsmError(f"{path}: columns {missing} missing (has {list(df.columns)})")
@@ -152,15 +158,36 @@ def aggregate(replicates: list[dict]) -> dict:
     return out
 
 
-def compare_from_params(cfg: dict, logp, out, by_n_csv=None) -> dict:
-    """`dsm compare`: metrics JSON (DVC metrics) and a per-N CSV (DVC plots)."""
+# The headline numbers per N (DVC metrics, one small file per N): name -> key of the
+# aggregated per-N metrics. Units are in the names (dsm.pipeline.report.METRIC_UNITS).
+HEADLINE = {
+    "pearson_r": "pearson_r",                        # log p_A vs log p_B, own training images
+    "rms_A_minus_B_db_per_dim": "rms_db",             # RMS of log p_A - log p_B
+    "mean_A_minus_B_db_per_dim": "mean_db",           # mean of log p_A - log p_B
+    "bias_db_per_dim": "exact_mean_err_db",           # mean of model - exact log p (exact sources)
+    "bias_sd_db_per_dim": "exact_mean_err_db_sd",     # its standard deviation over replicates
+}
+
+
+def headline(by_n: dict) -> dict:
+    """{"N<n>": {headline name: value}} from the aggregated per-N metrics; the bias keys
+    only where the exact log p is known. Values are means over replicates."""
+    return {f"N{n}": {name: m.get(key) for name, key in HEADLINE.items()
+                      if key in m or not name.startswith("bias")}
+            for n, m in by_n.items()}
+
+
+def compare_from_params(cfg: dict, logp, metrics, details, by_n_csv=None) -> dict:
+    """`dsm compare`: the headline numbers (directory ``metrics`` of ``N<n>.json``, DVC
+    metrics), everything (``details`` JSON: all per-N metrics with their spread, the
+    per-replicate values, provenance) and a per-N CSV (DVC plots). Returns the details."""
     from dsm.io import code_version, write_json, write_text
 
     ns = sorted(int(n) for n in cfg["split"]["N"])
     seeds = [int(s) for s in cfg["seeds"]]
     by_n, by_seed = compare(logp, ns, seeds)
     first = read_table(table_path(logp, seeds[0], ns[0], "A"))
-    metrics = {
+    out = {
         "scale": cfg.get("name"),
         "dataset": str(first["dataset"].iloc[0]) if "dataset" in first and len(first) else None,
         "units": "log p in dB/dim; differences are model A - model B",
@@ -173,11 +200,38 @@ def compare_from_params(cfg: dict, logp, out, by_n_csv=None) -> dict:
         "by_N": by_n,
         "by_seed": by_seed,
     }
-    write_json(out, _finite(metrics))
+    write_json(details, _finite(out))
+    _write_json_dir(metrics, _finite(headline(by_n)))
     if by_n_csv is not None:
         rows = [{"N": int(n), **m} for n, m in by_n.items()]
         write_text(by_n_csv, pd.DataFrame(rows).to_csv(index=False))
-    return metrics
+    return out
+
+
+def _write_json_dir(path, files: dict) -> None:
+    """A directory of JSON files ``{name: obj}`` (``name.json``), replacing ``path`` whole:
+    built in a hidden temporary directory beside it and renamed into place (a killed job
+    leaves the old directory, none, or the new one; never a partial one)."""
+    import os
+    import shutil
+    import tempfile
+
+    from dsm.io import write_json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        for name, obj in files.items():
+            write_json(tmp / f"{name}.json", obj)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def _finite(obj):

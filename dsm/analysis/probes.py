@@ -39,7 +39,7 @@ def probes_from_params(cfg: dict, model, norm, data, out, device=None) -> dict:
     and the exact density. Writes JSON ``out``."""
     from dsm.data.exact import exact_density
     from dsm.data.store import open_store
-    from dsm.evaluate import _read_norm, evaluate_images
+    from dsm.evaluate import read_norm, evaluate_images
     from dsm.io import code_version, sha256_file, write_json
     from dsm.modelfile import load_energy_model
     from dsm.runtime import stage_threads
@@ -49,7 +49,7 @@ def probes_from_params(cfg: dict, model, norm, data, out, device=None) -> dict:
     stage_threads(cfg, "evaluate")
     net, payload, dev = load_energy_model(model, device if device is not None else cfg.get("device", "auto"))
     model_sha = sha256_file(model)
-    info = _read_norm(norm, model_sha)
+    info = read_norm(norm, model_sha)
     test = open_store(data, "test")
     if tuple(test.shape) != tuple(payload["shape"]):
         raise DsmError(f"{test.path}: images {tuple(test.shape)} do not match the model's "

@@ -84,14 +84,18 @@ def prepare(data_cfg: dict, out, progress: bool = True) -> Path:
     """Prepare ``data_cfg``'s source into the store ``out`` (DIR/train, DIR/test).
 
     A finished store with the same params hash is not rebuilt (a line says so on
-    stderr). Any error leaves no partial output.
+    stderr). An existing ``out`` that is not a store (nor an empty directory) is refused
+    before any work. Any error leaves no partial output; temporaries a killed run left
+    beside ``out`` are removed.
     """
-    from dsm.data.store import is_done, write_store
+    from dsm.data.store import check_replaceable, is_done, remove_stale_temps, write_store
     from dsm.io import code_version
 
     cfg = resolve(data_cfg)
     h = params_hash(cfg)
     out = Path(out)
+    check_replaceable(out)
+    remove_stale_temps(out)
     if is_done(out, h):
         print(f"dsm prepare: {out} is already prepared with these params; not rebuilding",
               file=sys.stderr)

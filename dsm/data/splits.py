@@ -58,7 +58,7 @@ def make_splits(data, split_cfg: dict | None, out, progress: bool = True) -> Pat
     import pyarrow.parquet as pq
 
     from dsm.data.store import open_store, row_hashes
-    from dsm.io import atomic_path
+    from dsm.io import atomic_path, remove_stale_temps
 
     cfg = resolve(split_cfg)
     data = Path(data)
@@ -77,11 +77,12 @@ def make_splits(data, split_cfg: dict | None, out, progress: bool = True) -> Pat
             old = {}
         if old.get(b"dsm.split", b"").decode() == key:
             print(f"dsm split: {out} is already written with these params; not rewriting", file=sys.stderr)
+            remove_stale_temps(out.parent, out.name)      # left by a killed run
             return out
 
     # Ids and hashes stay Arrow / fixed-width numpy arrays (no Python str per image), so
     # memory is a few tens of bytes per training image beyond the output rows.
-    index = pq.read_table(store.path / "index.parquet", columns=["image_id", "content_hash"])
+    index = _read_index(store.path / "index.parquet")
     if index.num_rows != n:
         raise DsmError(f"{store.path / 'index.parquet'}: {index.num_rows} rows for {n} images")
     ids = index.column("image_id").combine_chunks()
@@ -145,11 +146,38 @@ def _verify_hashes(store, ranges, hashes, progress, row_hashes, chunk: int = 819
                 bar.update(b - a)
 
 
+def _read_index(path):
+    """image_id and content_hash of a store index, both as Arrow strings (every Arrow
+    string type is accepted: string, large_string, string_view, dictionary-encoded)."""
+    import pyarrow as pa
+
+    from dsm.io import read_table
+
+    index = read_table(path, "store index", columns=["image_id", "content_hash"])
+    cols = {}
+    for name in ("image_id", "content_hash"):
+        col = index.column(name)
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        if not _is_string(col.type):
+            raise DsmError(f"{path}: column {name} must hold strings, not {col.type}")
+        cols[name] = col.cast(pa.large_string() if name == "content_hash" else pa.string())
+    return pa.table(cols)
+
+
+def _is_string(t) -> bool:
+    import pyarrow as pa
+
+    return (pa.types.is_string(t) or pa.types.is_large_string(t)
+            or getattr(pa.types, "is_string_view", lambda _: False)(t))
+
+
 def _fixed_width(col, where) -> np.ndarray:
-    """A string column of 64-character hex hashes as a zero-copy numpy 'S64' array."""
+    """A string column (large_string) of 64-character hex hashes as a zero-copy numpy
+    'S64' array."""
     if len(col) == 0:
         return np.zeros(0, "S64")
-    offs = np.frombuffer(col.buffers()[1], np.int32, count=len(col) + 1, offset=col.offset * 4)
+    offs = np.frombuffer(col.buffers()[1], np.int64, count=len(col) + 1, offset=col.offset * 8)
     if col.null_count or not (np.diff(offs) == 64).all():
         raise DsmError(f"{where}: content_hash must be 64-character hex SHA-256 strings")
     return np.frombuffer(col.buffers()[2], "S64", count=len(col), offset=int(offs[0]))
@@ -166,16 +194,16 @@ def _report_source_duplicates(hashes: np.ndarray, where) -> int:
 
 def read_split(path, N: int, split: str) -> np.ndarray:
     """Image indices (int64, ascending) of training set ``split`` ('A' or 'B') of size ``N``."""
-    import pyarrow.parquet as pq
-
     path = Path(path)
     if split not in ("A", "B"):
         raise DsmError(f"split must be 'A' or 'B', got {split!r}")
     if not path.is_file():
         raise DsmError(f"{path}: splits file not found; run `dsm split`")
-    t = pq.read_table(path, columns=["image_index", "split", "N"],
-                      filters=[("N", "=", int(N)), ("split", "=", split)])
+    from dsm.io import read_table
+
+    t = read_table(path, "splits file", columns=["image_index", "split", "N"],
+                   filters=[("N", "=", int(N)), ("split", "=", split)])
     if t.num_rows == 0:
-        have = sorted(set(pq.read_table(path, columns=["N"]).column("N").to_pylist()))
+        have = sorted(set(read_table(path, "splits file", columns=["N"]).column("N").to_pylist()))
         raise DsmError(f"{path}: no split N={N} (available: {have})")
     return np.sort(t.column("image_index").to_numpy().astype(np.int64))

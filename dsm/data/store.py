@@ -14,7 +14,9 @@ A prepared dataset is a directory ``DIR`` with two parts, ``DIR/train`` and ``DI
 
 ``DIR/done`` (JSON: params hash, image counts) marks a finished store. The whole
 directory is built in a hidden temporary directory beside ``DIR`` and renamed into
-place, so a failed or killed run leaves no ``DIR`` that looks complete.
+place, so a failed or killed run leaves no ``DIR`` that looks complete (the next run
+removes what a killed one left: :func:`dsm.io.remove_stale_temps`). An existing ``DIR``
+is replaced only if it is a store (it has ``done``) or empty; anything else is refused.
 Pixels are written chunk by chunk (the .npy header is rewritten with the final count at
 the end), so memory stays bounded by one chunk whatever the number of images.
 """
@@ -75,7 +77,11 @@ class Store:
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
             raise DsmError(f"{self.path}: not a prepared store part (no meta.json); run `dsm prepare`")
-        self.meta = json.loads(meta_path.read_text())
+        from dsm.io import read_json
+
+        self.meta = read_json(meta_path, "store meta.json")
+        if not isinstance(self.meta, dict) or "n" not in self.meta or "shape" not in self.meta:
+            raise DsmError(f"{meta_path}: not the meta.json of a prepared store (keys n, shape)")
         try:
             self.pixels = np.load(self.path / "pixels.npy", mmap_mode="r")
         except (OSError, ValueError) as e:
@@ -101,9 +107,9 @@ class Store:
     def index(self):
         """pandas DataFrame: image_index, image_id, content_hash, label."""
         if self._index is None:
-            import pandas as pd
+            from dsm.io import read_parquet
 
-            self._index = pd.read_parquet(self.path / "index.parquet")
+            self._index = read_parquet(self.path / "index.parquet", "store index")
         return self._index
 
     def images(self, idx=None) -> np.ndarray:
@@ -181,8 +187,8 @@ def _write_part(plan: PartPlan, part_dir: Path, meta: dict, progress: bool) -> i
     schema = pa.schema([("image_index", pa.int64()), ("image_id", pa.string()),
                         ("content_hash", pa.string()), ("label", pa.int64())])
     n, shape, dtype = 0, None, None
-    bar = _bar(plan.n_hint, f"prepare {meta['source']} {plan.name}", progress)
-    with open(part_dir / "pixels.npy", "wb") as f, \
+    with _bar(plan.n_hint, f"prepare {meta['source']} {plan.name}", progress) as bar, \
+            open(part_dir / "pixels.npy", "wb") as f, \
             pq.ParquetWriter(part_dir / "index.parquet", schema) as writer:
         header_len = None
         for chunk in plan.chunks():
@@ -224,7 +230,6 @@ def _write_part(plan: PartPlan, part_dir: Path, meta: dict, progress: bool) -> i
         f.write(header)
         f.flush()
         os.fsync(f.fileno())
-    bar.close()
     part_meta = dict(meta, **plan.meta, part=plan.name, n=n, shape=[int(s) for s in shape],
                      dtype=str(np.dtype(dtype)), scale=(1 / 255 if dtype == np.uint8 else 1.0),
                      format=FORMAT)
@@ -233,32 +238,71 @@ def _write_part(plan: PartPlan, part_dir: Path, meta: dict, progress: bool) -> i
     return n
 
 
+def is_store(out) -> bool:
+    """True if ``out`` is a prepared store of ours (it has the ``done`` marker), finished
+    with any params: what ``dsm prepare`` may replace."""
+    done = Path(out) / "done"
+    try:
+        info = json.loads(done.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and "params_hash" in info
+
+
+def check_replaceable(out) -> None:
+    """Refuse an ``out`` that exists and is neither an empty directory nor a prepared store
+    (a typo in ``--out`` must not delete a folder)."""
+    out = Path(out)
+    if not (out.exists() or out.is_symlink()):
+        return
+    if out.is_dir() and not is_store(out) and any(out.iterdir()):
+        raise DsmError(f"{out}: exists and is not a prepared store (no {out / 'done'}); refusing "
+                       f"to replace it: remove it yourself or choose another --out")
+    if not out.is_dir():
+        raise DsmError(f"{out}: exists and is not a directory; refusing to replace it")
+
+
+def remove_stale_temps(out) -> None:
+    """Remove the temporary directories a killed ``dsm prepare`` of ``out`` left beside it."""
+    from dsm.io import remove_stale_temps as remove
+
+    remove(Path(out).parent, Path(out).name)
+
+
 def write_store(out, plans: list[PartPlan], meta: dict, progress: bool = True) -> Path:
     """Build the store ``out`` from one plan per part, atomically.
 
-    ``meta`` must hold ``source`` and ``params_hash``. Any error removes the temporary
-    directory and leaves an existing ``out`` untouched.
+    ``meta`` must hold ``source`` and ``params_hash``. An existing ``out`` must be a store
+    (or an empty directory): anything else is refused before any work. Any error removes
+    the temporary directory and leaves an existing ``out`` untouched; a full disk is a
+    DsmError naming ``out``.
     """
+    from dsm.io import is_no_space, temp_prefix, umask
+
     out = Path(out)
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)                     # mkdtemp makes it private
+    remove_stale_temps(out)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~umask())                   # mkdtemp makes it private
     try:
         counts = {p.name: _write_part(p, tmp / p.name, meta, progress) for p in plans}
         (tmp / "done").write_text(json.dumps(
             {"params_hash": meta["params_hash"], "source": meta["source"], "n": counts},
             indent=2, sort_keys=True) + "\n")
+        check_replaceable(out)                         # nothing appeared meanwhile
         old = None
         if out.exists() or out.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".old", dir=out.parent))
             os.replace(out, old / "store")
         os.replace(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_no_space(e):
+            raise DsmError(f"no space left on the device of {out.parent} (writing {out}); "
+                           f"nothing was written") from None
         raise
     return out
 

@@ -12,14 +12,23 @@ Why not the model at t = 0: its feature ln(0 + t_min) lies 0.69 below the traine
 [ln 2 t_min, ln(t_max + t_min)], and the MLP's extrapolation there cost accuracy
 (paper setting, dual SM: max |error| 0.215 / 0.093 dB/dim at t = 0 against 0.133 / 0.052
 at t = t_min for seeds 0 / 1, while the truth itself moves by at most 0.04 dB/dim between
-t = 0 and 1e-2 in the window); metrics.json reports both (``model_at_t0``).
+t = 0 and 1e-2 in the window); details.json reports both (``model_at_t0``).
 
 Outputs of :func:`fig1_from_params` in OUT:
   fig1.pdf      left: log p in dB/dim against r/√d with the data's radial histogram
-                behind; right: radial score d log p / d(r/√d) in dB/dim.
-  metrics.json  per method, |error| of log p in dB/dim over r/√d ∈ r_range (uniform
-                grid): max and RMS raw, and after the best constant shift (the
-                minimax shift (max+min)/2 for the max, the mean shift for the RMS).
+                behind; middle: radial score d log p / d(r/√d) in dB/dim; right: the
+                exact energy landscape U(y, t) of a 1-D two-Gaussian mixture
+                (``fig1.landscape``) over (y, ln t), with the t = 0 path between the
+                modes (a barrier) and a path through larger t (no barrier): no training.
+  metrics.json  the headline numbers (DVC metrics): max and RMS |error| of log p in
+                dB/dim over r/√d ∈ r_range, raw, for dual and single score matching
+                (:data:`HEADLINE`; no timings, so the file is byte-reproducible).
+  details.json  everything: per method, |error| of log p in dB/dim over r/√d ∈ r_range
+                (uniform grid): max and RMS raw, and after the best constant shift (the
+                minimax shift (max+min)/2 for the max, the mean shift for the RMS); the
+                other read-out conventions, normalization constants, training times and
+                last training log, the resolved parameters; ``landscape``: the largest
+                rise of U along each path (nats).
   curves.csv    the plotted curves.
   ssm/, dsm/    the two training runs (checkpoints; rerunning resumes).
 """
@@ -43,6 +52,11 @@ from dsm.objectives import dual_score_matching_loss
 
 METHODS = ("ssm", "dsm")
 LABELS = {"true": "Ground truth", "ssm": "Single SM", "dsm": "Dual SM"}
+# metrics.json (DVC metrics): headline name -> (method, key of its error metrics)
+HEADLINE = {"dual_max_abs_err_db_per_dim": ("dsm", "max_abs"),
+            "dual_rms_err_db_per_dim": ("dsm", "rms"),
+            "single_max_abs_err_db_per_dim": ("ssm", "max_abs"),
+            "single_rms_err_db_per_dim": ("ssm", "rms")}
 
 
 def fig1_params(cfg: dict) -> dict:
@@ -57,6 +71,12 @@ def fig1_params(cfg: dict) -> dict:
         raise DsmError(f"fig1.r_range: expected [lo, hi] with lo < hi, got {p['r_range']!r}")
     if p["t_eval"] is None:
         p["t_eval"] = p["t_min"]
+    ls = p["landscape"]
+    for key in ("y_range", "log10_t_range"):
+        if not ls[key][0] < ls[key][1]:
+            raise DsmError(f"fig1.landscape.{key}: expected [lo, hi] with lo < hi, got {ls[key]!r}")
+    if ls["means"][0] == ls["means"][1]:
+        raise DsmError(f"fig1.landscape.means: the two modes must differ, got {ls['means']!r}")
     return p
 
 
@@ -144,7 +164,8 @@ def radial_curves(model, gsm: GaussianScaleMixture, rho: np.ndarray, t: float, c
 
 
 def run_fig1(p: dict, out, device=None) -> dict:
-    """Run the experiment with resolved parameters ``p``; write OUT/{fig1.pdf, metrics.json, curves.csv}."""
+    """Run the experiment with resolved parameters ``p``; write OUT/{fig1.pdf, metrics.json,
+    details.json, curves.csv}; return the details."""
     out = Path(out)
     gsm = GaussianScaleMixture(p["d"], tuple(p["sigmas"]), tuple(p["weights"]))
     x_train = torch.from_numpy(gsm.sample(p["n"], p["seed"]))
@@ -209,9 +230,13 @@ def run_fig1(p: dict, out, device=None) -> dict:
         curves[f"logp_{m}_shifted"] = logp_m - metrics[m]["shift_mean"]
     metrics["threads"] = torch.get_num_threads()  # resources.train.threads (dsm.runtime)
 
+    landscape = energy_landscape(p["landscape"])
+    metrics["landscape"] = {k: landscape[k] for k in ("barrier_direct_nats", "barrier_detour_nats")}
+    metrics["landscape"]["units"] = "nats: largest rise of the exact U along each path above its start mode"
     _write_curves(out / "curves.csv", curves)
-    plot_fig1(curves, x_train, p, out / "fig1.pdf")
-    write_json(out / "metrics.json", metrics)
+    plot_fig1(curves, x_train, p, out / "fig1.pdf", landscape=landscape)
+    write_json(out / "details.json", metrics)
+    write_json(out / "metrics.json", {name: metrics[m][key] for name, (m, key) in HEADLINE.items()})
     return metrics
 
 
@@ -226,6 +251,43 @@ def fig1_from_params(cfg: dict, out, device=None) -> dict:
     return run_fig1(p, out, device)
 
 
+# --- right panel: the exact energy landscape of a 1-D two-Gaussian mixture ----------------
+
+def mixture_energy(y, t, means, stds, weights) -> np.ndarray:
+    """Exact U(y, t) = -log Σ_i w_i N(y; m_i, s_i² + t) (nats) of a 1-D Gaussian mixture
+    under noise of variance t; y and t broadcast (numpy, float64)."""
+    y, t = np.asarray(y, np.float64), np.asarray(t, np.float64)
+    w = np.asarray(weights, np.float64) / np.sum(weights)
+    terms = [np.log(wi) - 0.5 * ((y - m) ** 2 / (s ** 2 + t) + np.log(2 * math.pi * (s ** 2 + t)))
+             for m, s, wi in zip(means, stds, w)]
+    return -np.logaddexp(terms[0], terms[1])
+
+
+def energy_landscape(lp: dict) -> dict:
+    """U(y, t) on the grid of ``fig1.landscape`` and along the two paths between the modes.
+
+    ``direct``: y from mode 1 to mode 2 at t = 0 (through the barrier between the modes);
+    ``detour``: up from (mode 1, 0) to (mode 1, path_t) in t, across at t = path_t, down to
+    (mode 2, 0). ``barrier_*``: the largest rise of U along each path above its start (nats).
+    """
+    args = (lp["means"], lp["stds"], lp["weights"])
+    n = int(lp["grid"])
+    y = np.linspace(*lp["y_range"], n)
+    t = np.logspace(*lp["log10_t_range"], n)
+    grid = mixture_energy(y[None, :], t[:, None], *args)                 # (t, y)
+    m1, m2 = sorted(lp["means"])
+    ys = np.linspace(m1, m2, n)
+    up = np.concatenate([[0.0], np.logspace(lp["log10_t_range"][0], math.log10(lp["path_t"]), n)])
+    direct = mixture_energy(ys, 0.0, *args)
+    detour_y = np.concatenate([np.full(len(up), m1), ys, np.full(len(up), m2)])
+    detour_t = np.concatenate([up, np.full(n, float(lp["path_t"])), up[::-1]])
+    detour = mixture_energy(detour_y, detour_t, *args)
+    return {"y": y, "t": t, "U": grid, "direct_y": ys, "direct_U": direct,
+            "detour_y": detour_y, "detour_t": detour_t, "detour_U": detour,
+            "barrier_direct_nats": float(direct.max() - direct[0]),
+            "barrier_detour_nats": float(detour.max() - detour[0])}
+
+
 # --- output ------------------------------------------------------------------------
 
 def _write_curves(path, curves: dict) -> None:
@@ -235,8 +297,10 @@ def _write_curves(path, curves: dict) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
-def plot_fig1(curves: dict, x_train: torch.Tensor, p: dict, path) -> None:
-    """The paper's two panels, written atomically (format from the suffix: .pdf, .png)."""
+def plot_fig1(curves: dict, x_train: torch.Tensor, p: dict, path, landscape: dict | None = None) -> None:
+    """The paper's three panels, written atomically (format from the suffix: .pdf, .png):
+    log p and radial score of the learned models, and the exact energy landscape
+    (``landscape``: :func:`energy_landscape`, computed from ``p['landscape']`` if None)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,8 +310,13 @@ def plot_fig1(curves: dict, x_train: torch.Tensor, p: dict, path) -> None:
     dashes = (0, (2.5, 2.5))
     rho = curves["rho"]
     r_data = (torch.linalg.vector_norm(x_train[:100_000], dim=1) / math.sqrt(p["d"])).numpy()
-    fig, axs = plt.subplots(figsize=(7, 3), ncols=2, layout="constrained")
-    for ax, kind in zip(axs, ("logp", "score")):
+    if landscape is None:
+        from dsm.config import section_defaults
+
+        landscape = energy_landscape(p.get("landscape") or section_defaults("fig1")["landscape"])
+    fig, axs = plt.subplots(figsize=(10.5, 3), ncols=3, layout="constrained")
+    _plot_landscape(axs[2], landscape, fig)
+    for ax, kind in zip(axs[:2], ("logp", "score")):
         ax.plot(rho, curves[f"{kind}_true"], color=colors["true"], lw=3, label=LABELS["true"])
         ax.plot(rho, curves[f"{kind}_ssm"], color=colors["ssm"], lw=2, ls=dashes, label=LABELS["ssm"])
         if kind == "logp":
@@ -275,3 +344,22 @@ def plot_fig1(curves: dict, x_train: torch.Tensor, p: dict, path) -> None:
         else:
             ax.set_ylabel("radial score (dB/dim)")
     save_figure(fig, path, bbox_inches="tight", dpi=150)
+
+
+def _plot_landscape(ax, ls: dict, fig) -> None:
+    """U(y, t) over (y, ln t) with the two paths between the modes."""
+    y, t, U = ls["y"], ls["t"], ls["U"]
+    lo, hi = np.percentile(U, [0, 97])
+    mesh = ax.pcolormesh(y, np.log(t), U, shading="nearest", cmap="viridis", vmin=lo, vmax=hi, rasterized=True)
+    ax.contour(y, np.log(t), U, levels=np.linspace(lo, hi, 12), colors="w", linewidths=0.4, alpha=0.6)
+    bottom = math.log(t[0])
+    ax.plot(ls["direct_y"], np.full(len(ls["direct_y"]), bottom), color="tab:red", lw=3, clip_on=False,
+            label=f"t = 0: barrier {ls['barrier_direct_nats']:.1f} nats")
+    dt = np.log(np.clip(ls["detour_t"], t[0], None))
+    ax.plot(ls["detour_y"], dt, color="tab:orange", lw=2, ls=(0, (3, 1.5)),
+            label=f"through t = {ls['detour_t'].max():g}: rise {ls['barrier_detour_nats']:.1f} nats")
+    ax.set_xlabel("y")
+    ax.set_ylabel("ln t")
+    ax.set_title("exact U(y, t), two-Gaussian mixture", fontsize=9)
+    ax.legend(fontsize=6, loc="upper right")
+    fig.colorbar(mesh, ax=ax, label="U (nats)")

@@ -1,7 +1,7 @@
 """Figure 2: do models trained on disjoint sets A and B of N images agree on log p?
 
 Plotting only; reads the per-image tables (``results/<scale>/logp/N{N}-{A,B}.parquet``)
-and the metrics of :mod:`dsm.analysis.generalization`.
+and the per-N metrics (details JSON) of :mod:`dsm.analysis.generalization`.
 
 Layout (the paper's): one panel per N, log p_A (x) against log p_B (y) in dB/dim over
 each model's own training images (at most ``max_points`` of each set; A images and B
@@ -118,18 +118,20 @@ def plot_fig2(pairs: dict, metrics: dict, p: dict, path, title: str | None = Non
     save_figure(fig, path)
 
 
-def fig2_from_params(cfg: dict, logp, metrics, out) -> None:
-    """`dsm fig2`: the figure for the Ns of the metrics file (from `dsm compare`)."""
-    import json
+def fig2_from_params(cfg: dict, logp, details, out) -> None:
+    """`dsm fig2`: the figure for the Ns of the details file (from `dsm compare`)."""
+    from dsm.io import read_json
 
     p = fig2_params(cfg)
-    metrics_path = Path(metrics)
-    if not metrics_path.is_file():
-        raise DsmError(f"{metrics_path}: metrics not found (run `dsm compare`)")
-    m = json.loads(metrics_path.read_text())
+    details_path = Path(details)
+    if not details_path.is_file():
+        raise DsmError(f"{details_path}: details not found (run `dsm compare`)")
+    m = read_json(details_path, "details file")
+    if not isinstance(m, dict) or not isinstance(m.get("by_N", {}), dict):
+        raise DsmError(f"{details_path}: not a details file of `dsm compare` (by_N)")
     ns = sorted(int(n) for n in m.get("by_N", {}))
     if not ns:
-        raise DsmError(f"{metrics_path}: no per-N metrics")
+        raise DsmError(f"{details_path}: no per-N metrics")
     seeds = m.get("seeds") or [0]
     pairs = load_pairs(logp, seeds[0], ns, int(p["max_points"]))
     reps = (f"points: replicate seed {seeds[0]}; numbers: mean±sd over {len(seeds)} replicates"

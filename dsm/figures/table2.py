@@ -126,7 +126,7 @@ def table2_from_params(cfg: dict, logp, data, model, norm, csv, md, tex, device=
 
 def _dequantize(cfg, table, test, model, norm, draws, seed, device) -> np.ndarray:
     from dsm.analysis.nll import dequantized_energy
-    from dsm.evaluate import _read_norm
+    from dsm.evaluate import read_norm
     from dsm.io import sha256_file
     from dsm.modelfile import load_energy_model
     from dsm.runtime import stage_threads
@@ -134,7 +134,7 @@ def _dequantize(cfg, table, test, model, norm, draws, seed, device) -> np.ndarra
     stage_threads(cfg, "evaluate")
     net, payload, dev = load_energy_model(model, device if device is not None else cfg.get("device", "auto"))
     sha = sha256_file(model)
-    info = _read_norm(norm, sha)
+    info = read_norm(norm, sha)
     if "checkpoint_sha256" in table.columns and set(table["checkpoint_sha256"]) != {sha}:
         raise DsmError(f"{model}: not the model of the per-image table (checkpoint_sha256 differs)")
     bs = int((cfg.get("evaluate") or {}).get("batch_size", 256))

@@ -19,7 +19,8 @@ def build_model(model_cfg: dict, channels: int, image_size: int):
       mid_width       width of the middle block             [2 * widths[-1]]
       layers_per_block  conv layers per block (>= 2)        [3]
       activation      gelu | relu                           [gelu]
-      embedding       linear (release: features of t) | log (features of ln t)  [linear]
+      embedding       linear (features of t, 2π f) | log (of ln t, 2π f) | release (of t,
+                      ω = 1 .. 0.01, no 2π: the released code) | log-release (of ln t, no 2π)  [linear]
       log_t_floor     log embedding: features of ln(t + log_t_floor); `dsm train` sets
                       null to train.t_min so t = 0 lies in the trained range  [1e-12]
       norm_eps        eps of the homogeneous norm (>= 0)    [1e-5]

@@ -15,7 +15,11 @@ from torch import nn
 
 from dsm.errors import DsmError
 
-EMBEDDINGS = ("linear", "log")
+EMBEDDINGS = ("linear", "log", "release", "log-release")
+# kinds whose features are of ln(t + log_t_floor) (the rest use t itself)
+LOG_EMBEDDINGS = ("log", "log-release")
+# kinds whose angular frequencies are 2π × logspace(0, -2) (the rest: logspace(0, -2), no 2π)
+TWO_PI_EMBEDDINGS = ("linear", "log")
 
 # log t is evaluated as log(t + floor) so that t = 0 (the one-shot log p(x) evaluation)
 # stays finite; unlike a clamp it keeps d/dt nonzero. The floor should be the training
@@ -30,11 +34,18 @@ LOG_T_FLOOR = 1e-12
 class NoiseEmbedding(nn.Module):
     """t (B,) noise variance -> (B, dim) embedding.
 
-    kind="linear" [release]: features of t itself, frequencies log-spaced 1 .. 0.01
+    kind="linear": features cos(2π f t), sin(2π f t) of t itself, f log-spaced 1 .. 0.01
     (periods 1 .. 100 in units of t), nearly constant for t < 1e-3.
-    kind="log": the same features of ln(t + log_t_floor), periods 1 .. 100 in units of
+    kind="release" [release]: cos(ω t), sin(ω t) with angular frequencies ω =
+    logspace(0, -2) = 1 .. 0.01 and no 2π: exactly the released code's features
+    (periods 2π .. 200π).
+    kind="log": the "linear" features of ln(t + log_t_floor), periods 1 .. 100 in units of
     ln t, so the embedding keeps resolving noise levels down to the floor (set it to the
     training t_min so that t = 0 stays inside the trained range).
+    kind="log-release": the "release" features (no 2π) of ln(t + log_t_floor): periods
+    2π .. 200π in ln t, smoother in the noise level than "log".
+    The frequencies are a buffer saved with the model, so old model files load to the same
+    function.
     """
 
     def __init__(self, kind: str = "linear", n_freqs: int = 32, dim: int = 256,
@@ -47,7 +58,9 @@ class NoiseEmbedding(nn.Module):
         self.kind = kind
         self.dim = dim
         self.log_t_floor = float(log_t_floor)
-        freqs = 2 * math.pi * torch.logspace(0.0, -2.0, n_freqs, dtype=torch.float64)
+        freqs = torch.logspace(0.0, -2.0, n_freqs, dtype=torch.float64)
+        if kind in TWO_PI_EMBEDDINGS:
+            freqs = 2 * math.pi * freqs
         self.register_buffer("freqs", freqs.float())
         self.mlp = nn.Sequential(
             nn.Linear(2 * n_freqs, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU()
@@ -55,7 +68,7 @@ class NoiseEmbedding(nn.Module):
 
     def features(self, t: torch.Tensor) -> torch.Tensor:
         """(B,) -> (B, 2 n_freqs) Fourier features [cos, sin]."""
-        u = t if self.kind == "linear" else torch.log(t + self.log_t_floor)
+        u = torch.log(t + self.log_t_floor) if self.kind in LOG_EMBEDDINGS else t
         arg = u[:, None] * self.freqs.to(u.dtype)
         return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)
 
@@ -69,10 +82,10 @@ class NoiseEmbedding(nn.Module):
         whose first use loads TorchScript decompositions (slow, deprecated warnings).
         Both outputs are differentiable w.r.t. the MLP parameters.
         """
-        if self.kind == "linear":
-            u, du = t, torch.ones_like(t)
-        else:
+        if self.kind in LOG_EMBEDDINGS:
             u, du = torch.log(t + self.log_t_floor), 1.0 / (t + self.log_t_floor)
+        else:
+            u, du = t, torch.ones_like(t)
         w = self.freqs.to(u.dtype)
         arg = u[:, None] * w
         cos, sin = torch.cos(arg), torch.sin(arg)

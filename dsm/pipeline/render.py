@@ -18,8 +18,9 @@ the committed file differs from it.
 
 from __future__ import annotations
 
-from dsm.pipeline.stages import (MODEL_WILDCARDS, PARAMS_FILE, SPLITS, STAGES, WILDCARD_VALUES,
-                                 Each, Stage, _PLACEHOLDER)
+from dsm.pipeline.stages import (MODEL_WILDCARDS, PARAMS_FILE, REPORT_CATEGORIES, REPORT_DIR,
+                                 SPLITS, STAGES, WILDCARD_VALUES, Each, Stage, _PLACEHOLDER,
+                                 plot_template)
 
 # --- Snakemake ------------------------------------------------------------------------
 
@@ -83,9 +84,24 @@ def _each(stage: Stage, pattern: str, scales: dict, active: str):
     return files
 
 
-def smk_outputs(stage: Stage, active: str, directory) -> dict:
-    return {name: directory(smk_pattern(stage, p, active)) if name in stage.directories
-            else smk_pattern(stage, p, active) for name, p in stage.outputs.items()}
+def smk_outputs(stage: Stage, active: str, directory, report=None, root=".") -> dict:
+    """Named outputs; directories flagged ``directory()``, and the outputs of the stage's
+    :class:`Report` entries flagged ``report()`` (caption, category, subcategory)."""
+    from pathlib import Path
+
+    shown = {r.output: r for r in stage.report} if report is not None else {}
+    out = {}
+    for name, p in stage.outputs.items():
+        path = smk_pattern(stage, p, active)
+        if name in stage.directories:
+            path = directory(path)
+        if name in shown:
+            r = shown[name]
+            path = report(path, caption=str(Path(root).resolve() / REPORT_DIR / r.caption),
+                          category=REPORT_CATEGORIES[r.category], subcategory=r.subcategory,
+                          patterns=list(r.patterns))
+        out[name] = path
+    return out
 
 
 def smk_params(stage: Stage, scale_of, get):
@@ -95,6 +111,25 @@ def smk_params(stage: Stage, scale_of, get):
         return {key: get(cfg, key) for key in stage.reads}
 
     return params
+
+
+def smk_report_params(stage: Stage, scale_of, root="."):
+    """``params: report=...``: what the captions of the stage's :class:`Report` entries
+    read (``snakemake.params.report`` in the caption): ``scale`` and each ``data`` file.
+
+    A function of ``output``: Snakemake counts it as *derived* from the job's files and
+    leaves it out of the ``params`` rerun trigger, so new numbers never rerun a job. It
+    is evaluated when the DAG is built; before a run the files are absent ({}), when the
+    report is built they hold the numbers of the run it shows."""
+    from dsm.pipeline.report import caption_data
+
+    patterns = {k: v for r in stage.report for k, v in r.data.items()}
+
+    def report_params(wildcards, output):
+        scale = scale_of(wildcards)["name"]
+        return caption_data(patterns, scale, root)
+
+    return report_params
 
 
 # --- DVC --------------------------------------------------------------------------------
@@ -131,6 +166,24 @@ def dvc_stage(stage: Stage, root=".") -> dict:
     return entry
 
 
+def dvc_metrics() -> list[str]:
+    """Top-level ``metrics:``: every output a stage declares in ``metrics`` (a directory
+    stands for its files: ``dvc metrics show`` lists each)."""
+    return [_dvc(s, s.outputs[name]) for s in STAGES.values() for name in s.metrics]
+
+
+def dvc_plots() -> list[dict]:
+    """Top-level ``plots:``: one entry per :class:`Plot`, by id, with template, axes and
+    labels (``dvc plots show`` renders them)."""
+    out = []
+    for s in STAGES.values():
+        for p in s.plots:
+            out.append({p.id: {"template": plot_template(p), "x": p.x,
+                               "y": {_dvc(s, s.outputs[p.output]): p.y},
+                               "title": p.title, "x_label": p.x_label, "y_label": p.y_label}})
+    return out
+
+
 HEADER = """\
 # GENERATED from the stage table (dsm/pipeline/stages.py) by `dsm sync dvc-yaml`; do
 # not edit: change the table and regenerate (tests/test_pipeline_stages.py fails when
@@ -148,11 +201,9 @@ def dvc_yaml_text(root=".") -> str:
     """The whole dvc.yaml, deterministic text."""
     import yaml
 
-    from dsm.pipeline.stages import METRICS, PLOTS
-
     doc = {"stages": {s.name: dvc_stage(s, root) for s in STAGES.values()},
-           "metrics": [_dvc(STAGES["fig2"], m) for m in METRICS],
-           "plots": [{_dvc(STAGES["fig2"], path): spec} for path, spec in PLOTS]}
+           "metrics": dvc_metrics(),
+           "plots": dvc_plots()}
     body = yaml.safe_dump(doc, sort_keys=False, width=100, default_flow_style=False)
     return HEADER + "\n" + body
 
@@ -171,5 +222,5 @@ def write_dvc_yaml(root=".") -> bool:
     return True
 
 
-__all__ = ["smk_shell", "smk_inputs", "smk_outputs", "smk_params", "smk_pattern", "dvc_stage",
-           "dvc_yaml_text", "write_dvc_yaml", "PARAMS_FILE"]
+__all__ = ["smk_shell", "smk_inputs", "smk_outputs", "smk_params", "smk_report_params", "smk_pattern",
+           "dvc_stage", "dvc_metrics", "dvc_plots", "dvc_yaml_text", "write_dvc_yaml", "PARAMS_FILE"]

@@ -21,6 +21,16 @@ A :class:`Stage` names
 * ``resources``: the group of the scale's ``resources:`` section (threads, memory, time,
   GPUs); the group's ``threads`` is also the stage's torch thread count (dsm.runtime).
 
+What a reader sees of a stage's outputs is declared on the same entry (names of outputs):
+
+* ``metrics``: outputs that are DVC metrics (``dvc metrics show/diff``): small JSON files
+  (or directories of them) of headline numbers whose names carry their unit
+  (:data:`dsm.pipeline.report.METRIC_UNITS`); everything else goes to a details file;
+* ``plots``: :class:`Plot` entries, DVC plots (``dvc plots show``) of a CSV output;
+* ``report``: :class:`Report` entries, outputs shown in ``snakemake --report`` with a
+  caption (``workflow/report/<caption>``), a category (:data:`REPORT_CATEGORIES`) and
+  the JSON files the caption quotes numbers from.
+
 Wildcards: a stage whose outputs contain ``{seed}``, ``{N}`` and ``{split}`` runs once per
 A/B model (Snakemake wildcards, DVC ``matrix``): seed over the scale's ``seeds`` (one
 replicate per base seed), N over ``split.N``, split over A and B. A stage whose outputs do not contain ``{scale}``
@@ -31,7 +41,7 @@ replicate per base seed), N over ``split.N``, split over A and B. A stage whose 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsm.pipeline.codedeps import code_files
@@ -55,6 +65,46 @@ class Each:
 
 
 @dataclass(frozen=True)
+class Plot:
+    """A DVC plot (``dvc plots show``) of a stage's CSV output: column ``y`` against ``x``.
+
+    ``template``: a DVC built-in template (linear, scatter, smooth, bar_horizontal, ...)
+    or the name of a Vega-Lite template of the repository, ``workflow/plots/<name>.json``
+    (``logx``: log x axis; ``loglog``: both axes log)."""
+
+    id: str
+    output: str
+    x: str
+    y: str
+    title: str
+    x_label: str
+    y_label: str
+    template: str = "linear"
+
+
+@dataclass(frozen=True)
+class Report:
+    """A stage output shown in the Snakemake report (``snakemake --report report.html``).
+
+    ``caption``: an RST file under ``workflow/report/``, rendered with Jinja: it sees
+    ``snakemake.config`` (params.yaml), ``snakemake.wildcards`` and
+    ``snakemake.params.report``: ``scale`` (the job's scale) and, for each ``data``
+    entry ``name: path pattern``, that JSON file read (a directory: ``{stem: JSON}`` of
+    its ``*.json``), so the caption quotes the numbers of the run it describes.
+    ``category``: a key of :data:`REPORT_CATEGORIES` (the paper's section);
+    ``subcategory``: the figure or table (``Figure 2``). For an output that is a directory,
+    ``patterns`` selects its files (Snakemake wildcard patterns relative to it, e.g.
+    ``("{name}.pdf",)``); each is shown with the caption."""
+
+    output: str
+    caption: str
+    category: str
+    subcategory: str
+    data: dict = field(default_factory=dict)
+    patterns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     entry: str | None
@@ -69,6 +119,9 @@ class Stage:
     exec_: bool = False               # `exec` the command: SIGTERM reaches it (training)
     benchmark: bool = False           # heavy stage: Snakemake `benchmark:`
     doc: str = ""
+    metrics: tuple[str, ...] = ()      # output names that are DVC metrics (headline numbers)
+    plots: tuple[Plot, ...] = ()       # DVC plots of outputs
+    report: tuple[Report, ...] = ()    # outputs shown in `snakemake --report`
 
     # --- derived --------------------------------------------------------------------
     @property
@@ -121,8 +174,25 @@ PROBES = "results/{scale}/full/probes.json"
 TABLE2 = {"csv": "results/{scale}/table2.csv", "md": "results/{scale}/table2.md",
           "tex": "results/{scale}/table2.tex"}
 FIG678 = {"highest": "figures/fig6.pdf", "lowest": "figures/fig7.pdf", "spaced": "figures/fig8.pdf"}
+TABLE1 = "results/{scale}/table1"
+FIG5_DIR = "results/{scale}/fig5"
+FIG4_DIR = "results/{scale}/fig4"
+FIG1_METRICS = "results/{scale}/fig1/metrics.json"
+FIG2_METRICS = "results/{scale}/fig2_metrics"
+FIG2_DETAILS = "results/{scale}/fig2_details.json"
+FIG2_BY_N = "results/{scale}/fig2_by_N.csv"
 ESTIMATORS_CSV = "results/{scale}/estimators.csv"
 ESTIMATORS_IMAGES = "results/{scale}/estimators-images.parquet"
+
+# Sections of the Snakemake report, in the paper's order (Report.category is a key).
+REPORT_CATEGORIES = {
+    "method": "1. Dual score matching",
+    "generalization": "2. Generalization",
+    "density": "3. The density of images",
+}
+# DVC's built-in plot templates; any other Plot.template is workflow/plots/<name>.json
+DVC_TEMPLATES = ("linear", "simple", "scatter", "scatter_jitter", "smooth", "confusion",
+                 "confusion_normalized", "bar_horizontal", "bar_horizontal_sorted")
 TRAIN_READS = ("model", "train", "resources.train.threads")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
@@ -158,7 +228,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage(
         name="normalize", entry="dsm.evaluate",
         reads=("evaluate.n_norm", "evaluate.batch_size", "evaluate.noise_seed",
-               "evaluate.norm_entropy", "resources.evaluate.threads"),
+               "evaluate.norm_entropy", "evaluate.norm_t", "resources.evaluate.threads"),
         inputs={"model": MODEL, "data": IMAGES}, outputs={"norm": NORM},
         args="--model {input.model} --data {input.data} --out {output.norm}",
         resources="evaluate", benchmark=True,
@@ -166,11 +236,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage(
         name="normalize_full", entry="dsm.evaluate", subcommand="normalize",
         reads=("evaluate.n_norm", "evaluate.batch_size", "evaluate.noise_seed",
-               "evaluate.norm_entropy", "resources.evaluate.threads"),
+               "evaluate.norm_entropy", "evaluate.norm_t", "resources.evaluate.threads"),
         inputs={"model": FULL_MODEL, "data": IMAGES}, outputs={"norm": FULL_NORM},
         args="--model {input.model} --data {input.data} --out {output.norm}",
         resources="evaluate", benchmark=True,
-        doc="the full model's normalization constant"),
+        doc="the full model's normalization constant",
+        report=(Report("norm", "full_norm.rst", "density", "Full model", data={"norm": FULL_NORM}),)),
     Stage(
         name="evaluate", entry="dsm.evaluate",
         reads=("evaluate.max_per_set", "evaluate.batch_size", "resources.evaluate.threads"),
@@ -187,12 +258,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         outputs={"logp": FULL_LOGP},
         args="--model {input.model} --norm {input.norm} --data {input.data} --full --out {output.logp}",
         resources="evaluate", benchmark=True,
-        doc="per-image log p of the full model on every test image"),
+        doc="per-image log p of the full model on every test image",
+        report=(Report("logp", "full_logp.rst", "density", "Full model", data={"norm": FULL_NORM}),)),
     Stage(
         name="examples", entry="dsm.analysis.examples", reads=("figures.examples",),
         inputs={"logp": FULL_LOGP}, outputs={"examples": EXAMPLES},
         args="--logp {input.logp} --out {output.examples}", resources="light",
-        doc="reference test images evenly spaced in log p (Figures 3, 4, 5)"),
+        doc="reference test images evenly spaced in log p (Figures 3, 4, 5)",
+        report=(Report("examples", "examples.rst", "density", "Full model",
+                       data={"examples": EXAMPLES}),)),
     Stage(
         name="gumbel", entry="dsm.analysis.gumbel", reads=("gumbel",),
         inputs={"logp": FULL_LOGP},
@@ -228,23 +302,100 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
              " --csv {output.csv} --md {output.md} --tex {output.tex}", resources="evaluate",
         doc="Table 2: test-set NLL in bits/dim (8-bit shift, dequantization, exact entropy on field)"),
     Stage(
+        name="bias", entry="dsm.analysis.bias", reads=("bias", "resources.evaluate.threads"),
+        inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES},
+        outputs={"table": "results/{scale}/bias.csv", "totals": "results/{scale}/bias.json"},
+        args="--model {input.model} --norm {input.norm} --data {input.data}"
+             " --out {output.table} --totals {output.totals}",
+        resources="evaluate", benchmark=True,
+        doc="bias budget of the full model against the exact density (field): where log p's error comes from"),
+    Stage(
+        name="fig_bias", entry="dsm.figures.bias", subcommand="fig-bias", reads=(),
+        inputs={"table": "results/{scale}/bias.csv", "totals": "results/{scale}/bias.json"},
+        outputs={"pdf": "figures/bias.pdf"},
+        args="--table {input.table} --totals {input.totals} --out {output.pdf}", resources="light",
+        doc="the bias budget figure"),
+    Stage(
         name="compare", entry="dsm.analysis.generalization", reads=("split", "seeds"),
         inputs={"tables": Each(LOGP, LOGP_DIR)},
-        outputs={"metrics": "results/{scale}/fig2_metrics.json", "by_n": "results/{scale}/fig2_by_N.csv"},
-        args=f"--logp {LOGP_DIR} --out {{output.metrics}} --by-n {{output.by_n}}", resources="light",
-        doc="Figure 2's metrics: do the A and B models agree, per N (mean and spread over seeds)"),
+        outputs={"metrics": FIG2_METRICS, "details": FIG2_DETAILS, "by_n": FIG2_BY_N},
+        directories=("metrics",),
+        args=f"--logp {LOGP_DIR} --metrics {{output.metrics}} --details {{output.details}}"
+             " --by-n {output.by_n}", resources="light",
+        doc="Figure 2's metrics: do the A and B models agree, per N (mean and spread over seeds)",
+        metrics=("metrics",),
+        plots=(Plot("fig2_pearson_r", "by_n", x="N", y="pearson_r", template="logx",
+                    title="Figure 2: do models trained on disjoint sets A and B agree? (Pearson r)",
+                    x_label="N (training images per model)",
+                    y_label="Pearson r of log p_A and log p_B (own training images)"),
+               Plot("fig2_rms", "by_n", x="N", y="rms_db", template="loglog",
+                    title="Figure 2: RMS of log p_A - log p_B on the models' own training images",
+                    x_label="N (training images per model)",
+                    y_label="RMS of log p_A - log p_B (dB/dim)")),
+        report=(Report("by_n", "fig2_by_N.rst", "generalization", "Figure 2",
+                       data={"metrics": FIG2_METRICS}),)),
     Stage(
         name="fig2", entry="dsm.figures.fig2", reads=("figures.fig2", "seeds"),
-        inputs={"tables": Each(LOGP, LOGP_DIR), "metrics": "results/{scale}/fig2_metrics.json"},
+        inputs={"tables": Each(LOGP, LOGP_DIR), "details": FIG2_DETAILS},
         outputs={"pdf": "figures/fig2.pdf"},
-        args=f"--logp {LOGP_DIR} --metrics {{input.metrics}} --out {{output.pdf}}", resources="light",
-        doc="Figure 2: log p_A against log p_B per N (the first replicate)"),
+        args=f"--logp {LOGP_DIR} --details {{input.details}} --out {{output.pdf}}", resources="light",
+        doc="Figure 2: log p_A against log p_B per N (the first replicate)",
+        report=(Report("pdf", "fig2.rst", "generalization", "Figure 2",
+                       data={"metrics": FIG2_METRICS}),)),
     Stage(
         name="fig1", entry="dsm.figures.fig1", reads=("fig1", "resources.train.threads"),
         inputs={}, outputs={"pdf": "results/{scale}/fig1/fig1.pdf",
-                            "metrics": "results/{scale}/fig1/metrics.json"},
+                            "metrics": FIG1_METRICS,
+                            "details": "results/{scale}/fig1/details.json"},
         args="--out results/{scale}/fig1", resources="train", exec_=True, benchmark=True,
-        doc="Figure 1: single vs dual score matching on a Gaussian scale mixture (trains 2 models)"),
+        doc="Figure 1: single vs dual score matching on a Gaussian scale mixture (trains 2 models)",
+        metrics=("metrics",)),
+    Stage(
+        name="table1", entry="dsm.analysis.denoising",
+        reads=("figures.table1", "resources.evaluate.threads"),
+        inputs={"energy": FULL_MODEL, "score": FULL_SCORE_MODEL, "data": IMAGES},
+        outputs={"csv": TABLE1 + ".csv", "md": TABLE1 + ".md", "tex": TABLE1 + ".tex",
+                 "json": TABLE1 + ".json"},
+        args="--energy {input.energy} --score {input.score} --data {input.data} --out " + TABLE1,
+        resources="evaluate", benchmark=True,
+        doc="Table 1: denoising PSNR of the energy and the score model across noise levels"),
+    Stage(
+        name="dimensionality", entry="dsm.analysis.dimensionality",
+        reads=("figures.fig5", "resources.evaluate.threads"),
+        inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES, "examples": EXAMPLES},
+        outputs={"curves": FIG5_DIR + "/curves.parquet", "metrics": FIG5_DIR + "/metrics.json"},
+        args="--model {input.model} --norm {input.norm} --data {input.data} --examples {input.examples}"
+             " --curves {output.curves} --metrics {output.metrics}",
+        resources="evaluate", benchmark=True,
+        doc="Figure 5's curves: E[log p(y,t)|x] and d_eff by eqs. 11 and 12 across t"),
+    Stage(
+        name="fig5", entry="dsm.figures.fig5", reads=(),
+        inputs={"curves": FIG5_DIR + "/curves.parquet", "metrics": FIG5_DIR + "/metrics.json",
+                "data": IMAGES},
+        outputs={"pdf": "figures/fig5.pdf"},
+        args="--curves {input.curves} --metrics {input.metrics} --data {input.data} --out {output.pdf}",
+        resources="light",
+        doc="Figure 5 (right): log p and effective dimensionality against the noise level"),
+    Stage(
+        name="contrast", entry="dsm.analysis.contrast",
+        reads=("figures.fig4", "resources.evaluate.threads"),
+        inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES, "examples": EXAMPLES,
+                "logp": FULL_LOGP},
+        outputs={"affine": FIG4_DIR + "/affine.parquet", "sparsity": FIG4_DIR + "/sparsity.parquet",
+                 "metrics": FIG4_DIR + "/metrics.json"},
+        args="--model {input.model} --norm {input.norm} --data {input.data} --examples {input.examples}"
+             " --logp {input.logp} --affine {output.affine} --sparsity {output.sparsity}"
+             " --metrics {output.metrics}",
+        resources="evaluate", benchmark=True,
+        doc="Figure 4's data: log p of a (x - mean) + b over contrast and brightness; log p vs sparsity"),
+    Stage(
+        name="fig4", entry="dsm.figures.fig4", reads=(),
+        inputs={"affine": FIG4_DIR + "/affine.parquet", "sparsity": FIG4_DIR + "/sparsity.parquet",
+                "metrics": FIG4_DIR + "/metrics.json"},
+        outputs={"pdf": "figures/fig4.pdf"},
+        args="--affine {input.affine} --sparsity {input.sparsity} --metrics {input.metrics} --out {output.pdf}",
+        resources="light",
+        doc="Figure 4: contrast and brightness, and sparsity, against log p"),
     Stage(
         name="estimators", entry="dsm.analysis.estimators",
         reads=("estimators", "resources.evaluate.threads"),
@@ -259,17 +410,22 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         inputs={"csv": ESTIMATORS_CSV, "images": ESTIMATORS_IMAGES},
         outputs={"pdf": "figures/estimators.pdf"},
         args="--csv {input.csv} --images {input.images} --out {output.pdf}", resources="light",
-        doc="the estimators figure: error against the exact log p and cost per image"),
+        doc="the estimators figure: error against the exact log p and cost per image",
+        report=(Report("pdf", "estimators.rst", "density", "Estimators of log p"),)),
     Stage(
         name="publish_fig1", entry=None, reads=(),
         inputs={"pdf": "results/{scale}/fig1/fig1.pdf"}, outputs={"pdf": "figures/fig1.pdf"},
-        args="", command="cp {input.pdf} {output.pdf}", resources="light",
-        doc="Figure 1 of the active scale under figures/"),
+        # copied beside it, then renamed: a kill never leaves a partial figure in place
+        args="", command="cp {input.pdf} {output.pdf}.part && mv -f {output.pdf}.part {output.pdf}",
+        resources="light",
+        doc="Figure 1 of the active scale under figures/",
+        report=(Report("pdf", "fig1.rst", "method", "Figure 1", data={"metrics": FIG1_METRICS}),)),
 ]}
 
 # What `snakemake all` (and the README's `make figures`) builds: the paper's figures.
-TARGETS = ("figures/fig1.pdf", "figures/fig2.pdf", EXAMPLES, FULL_SCORE_MODEL,
-           "figures/fig3.pdf", *FIG678.values(), GUMBEL, *TABLE2.values(),
+TARGETS = ("figures/fig1.pdf", "figures/fig2.pdf", "figures/fig3.pdf", "figures/fig4.pdf",
+           "figures/fig5.pdf", *FIG678.values(), "figures/bias.pdf", GUMBEL, *TABLE2.values(),
+           TABLE1 + ".md",
            "figures/estimators.pdf")
 
 
@@ -297,12 +453,53 @@ def check_table(root=".") -> None:
             if p in produced:
                 raise ValueError(f"stage {s.name}: output {p} is also produced by {produced[p]}")
             produced[p] = s.name
+        _check_presentation(s, produced, root)
+    ids = [p.id for s in STAGES.values() for p in s.plots]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"plot ids are not unique: {sorted(ids)}")
     if not Path(root, PARAMS_FILE).is_file():
         raise ValueError(f"{PARAMS_FILE} not found under {root}")
 
 
-# DVC: files shown by `dvc metrics show/diff`, and `dvc plots show` (path, plot spec).
-METRICS = ("results/{scale}/fig2_metrics.json", "results/{scale}/fig1/metrics.json", GUMBEL)
-PLOTS = (("results/{scale}/fig2_by_N.csv",
-          {"x": "N", "y": ["rms_db", "pearson_r"],
-           "title": "Figure 2: A vs B disagreement on training images against N"}),)
+def _check_presentation(s: Stage, produced: dict, root) -> None:
+    """metrics/plots/report name outputs of the stage; captions, categories and plot
+    templates exist; a caption's data is an output of this or an earlier stage."""
+    for name in s.metrics:
+        if name not in s.outputs:
+            raise ValueError(f"stage {s.name}: metrics names unknown output {name}")
+    for p in s.plots:
+        if p.output not in s.outputs:
+            raise ValueError(f"stage {s.name}: plot {p.id} names unknown output {p.output}")
+        if p.template not in DVC_TEMPLATES and not Path(root, plot_template(p)).is_file():
+            raise ValueError(f"stage {s.name}: plot {p.id}: template {plot_template(p)} not found")
+    for r in s.report:
+        if r.output not in s.outputs:
+            raise ValueError(f"stage {s.name}: report names unknown output {r.output}")
+        if not Path(root, REPORT_DIR, r.caption).is_file():
+            raise ValueError(f"stage {s.name}: caption {REPORT_DIR}/{r.caption} not found")
+        if (r.output in s.directories) != bool(r.patterns):
+            raise ValueError(f"stage {s.name}: report of {r.output}: patterns are needed for a "
+                             "directory and only for one")
+        if r.category not in REPORT_CATEGORIES:
+            raise ValueError(f"stage {s.name}: report category {r.category!r} is not one of "
+                             f"{list(REPORT_CATEGORIES)}")
+        for key, pattern in r.data.items():
+            if pattern not in produced:
+                raise ValueError(f"stage {s.name}: caption data {key} = {pattern} is no stage's output")
+    data = [(k, v) for r in s.report for k, v in r.data.items()]
+    if len(dict(data)) != len(set(data)):
+        raise ValueError(f"stage {s.name}: caption data names two different files alike: {data}")
+
+
+REPORT_DIR = "workflow/report"      # captions (RST + Jinja) and the workflow description
+PLOT_DIR = "workflow/plots"         # Vega-Lite templates of DVC plots
+
+
+def plot_template(p: Plot) -> str:
+    """The template as dvc.yaml names it: a built-in name, or a file of the repository."""
+    return p.template if p.template in DVC_TEMPLATES else f"{PLOT_DIR}/{p.template}.json"
+
+
+# DVC: what `dvc metrics show/diff` and `dvc plots show` read, collected from the table.
+METRICS = tuple(s.outputs[name] for s in STAGES.values() for name in s.metrics)
+PLOTS = tuple((s, p) for s in STAGES.values() for p in s.plots)

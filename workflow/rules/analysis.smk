@@ -7,7 +7,7 @@ rule compare:
     output:
         **outputs("compare"),
     params:
-        reads=reads("compare"),
+        **params_of("compare"),
     conda:
         CONDA_ENV
     log:
@@ -25,7 +25,7 @@ rule examples:
     output:
         **outputs("examples"),
     params:
-        reads=reads("examples"),
+        **params_of("examples"),
     conda:
         CONDA_ENV
     log:
@@ -43,7 +43,7 @@ rule gumbel:
     output:
         **outputs("gumbel"),
     params:
-        reads=reads("gumbel"),
+        **params_of("gumbel"),
     conda:
         CONDA_ENV
     log:
@@ -53,13 +53,95 @@ rule gumbel:
         **resources_of("gumbel"),
     shell:
         shell_of("gumbel")
+
+
+rule bias:
+    input:
+        **inputs("bias"),
+    output:
+        **outputs("bias"),
+    params:
+        **params_of("bias"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("bias"),
+    benchmark:
+        benchmark_of("bias")
+    threads: res("bias", "threads")
+    resources:
+        **resources_of("bias"),
+    shell:
+        shell_of("bias")
+# Across noise levels (README "Across noise levels"): Table 1, Figures 4 and 5's data.
+
+
+rule table1:
+    input:
+        **inputs("table1"),
+    output:
+        **outputs("table1"),
+    params:
+        **params_of("table1"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("table1"),
+    benchmark:
+        benchmark_of("table1")
+    threads: res("table1", "threads")
+    resources:
+        **resources_of("table1"),
+    shell:
+        shell_of("table1")
+
+
+rule dimensionality:
+    input:
+        **inputs("dimensionality"),
+    output:
+        **outputs("dimensionality"),
+    params:
+        **params_of("dimensionality"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("dimensionality"),
+    benchmark:
+        benchmark_of("dimensionality")
+    threads: res("dimensionality", "threads")
+    resources:
+        **resources_of("dimensionality"),
+    shell:
+        shell_of("dimensionality")
+
+
+rule contrast:
+    input:
+        **inputs("contrast"),
+    output:
+        **outputs("contrast"),
+    params:
+        **params_of("contrast"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("contrast"),
+    benchmark:
+        benchmark_of("contrast")
+    threads: res("contrast", "threads")
+    resources:
+        **resources_of("contrast"),
+    shell:
+        shell_of("contrast")
+
 rule estimators:
     input:
         **inputs("estimators"),
     output:
         **outputs("estimators"),
     params:
-        reads=reads("estimators"),
+        **params_of("estimators"),
     conda:
         CONDA_ENV
     log:

@@ -8,6 +8,7 @@
 # stage runs (its entry module's import closure) are inputs, so a code change reruns
 # exactly the stages that can change.
 
+import mimetypes
 import re
 import sys
 from pathlib import Path
@@ -23,10 +24,18 @@ from dsm.pipeline import render
 from dsm.pipeline.stages import STAGES, TARGETS
 
 ROOT = str(Path(workflow.basedir))
+# The report offers the per-image tables as downloads of their own type (not text/plain).
+mimetypes.add_type("application/vnd.apache.parquet", ".parquet")
 
 # Fail at parse time, before any job starts, with the dotted key in the message
 # (schema, then the cross-key checks of dsm.config.check_params); the same checks run
 # again in every `dsm` command, so `dvc repro` fails on its first stage the same way.
+# The jobs read params.yaml, as DVC's do: a --config/--configfile value other than
+# scale=NAME would not reach them, so it is refused (docs/pipeline.md).
+try:
+    dsm.config.check_workflow_config(config, render.PARAMS_FILE)
+except dsm.errors.DsmError as e:
+    raise WorkflowError(str(e)) from None
 try:
     dsm.config.validate_params(config, render.PARAMS_FILE)
 except dsm.errors.DsmError as e:
@@ -46,9 +55,11 @@ else:
 SCALE = RUN["name"]
 ALL_TARGETS = [t.replace("{scale}", SCALE) for t in TARGETS]
 
-# Software of every rule for `--software-deployment-method conda` (clusters); locally the
-# rules run the `dsm` of the environment snakemake runs in. Relative to workflow/rules/.
-CONDA_ENV = "../../environment.yml"
+# The software of the jobs under `--software-deployment-method conda` (clusters): their
+# dependencies, and a `dsm` command that runs this checkout (envs/dsm.post-deploy.sh).
+# Locally the jobs run the `dsm` of the environment snakemake runs in. The path is relative
+# to workflow/rules/; docs/cluster.md says how it was checked.
+CONDA_ENV = "../envs/dsm.yaml"
 
 
 def scale_of(wildcards):
@@ -61,11 +72,22 @@ def inputs(name):
 
 
 def outputs(name):
-    return render.smk_outputs(STAGES[name], SCALE, directory)
+    """Named outputs; those of the stage's `report` entries flagged for `snakemake --report`."""
+    return render.smk_outputs(STAGES[name], SCALE, directory, report, ROOT)
 
 
 def reads(name):
     return render.smk_params(STAGES[name], scale_of, dsm.config.get)
+
+
+def params_of(name):
+    """The rule's params: `reads` (the values of the keys the stage reads: the params
+    rerun trigger) and, for a stage with `report` entries, `report` (the numbers its
+    captions quote; derived from the job's files, so never a rerun trigger)."""
+    out = {"reads": reads(name)} if STAGES[name].reads else {}
+    if STAGES[name].report:
+        out["report"] = render.smk_report_params(STAGES[name], scale_of, ROOT)
+    return out
 
 
 def shell_of(name):

@@ -8,7 +8,7 @@ rule prepare:
     output:
         **outputs("prepare"),
     params:
-        reads=reads("prepare"),
+        **params_of("prepare"),
     conda:
         CONDA_ENV
     log:
@@ -28,7 +28,7 @@ rule split:
     output:
         **outputs("split"),
     params:
-        reads=reads("split"),
+        **params_of("split"),
     conda:
         CONDA_ENV
     log:

@@ -9,7 +9,7 @@ rule normalize:
     output:
         **outputs("normalize"),
     params:
-        reads=reads("normalize"),
+        **params_of("normalize"),
     conda:
         CONDA_ENV
     log:
@@ -29,7 +29,7 @@ rule evaluate:
     output:
         **outputs("evaluate"),
     params:
-        reads=reads("evaluate"),
+        **params_of("evaluate"),
     conda:
         CONDA_ENV
     log:
@@ -49,7 +49,7 @@ rule normalize_full:
     output:
         **outputs("normalize_full"),
     params:
-        reads=reads("normalize_full"),
+        **params_of("normalize_full"),
     conda:
         CONDA_ENV
     log:
@@ -69,7 +69,7 @@ rule evaluate_full:
     output:
         **outputs("evaluate_full"),
     params:
-        reads=reads("evaluate_full"),
+        **params_of("evaluate_full"),
     conda:
         CONDA_ENV
     log:
@@ -89,7 +89,7 @@ rule probes:
     output:
         **outputs("probes"),
     params:
-        reads=reads("probes"),
+        **params_of("probes"),
     conda:
         CONDA_ENV
     log:

@@ -8,7 +8,7 @@ rule fig2:
     output:
         **outputs("fig2"),
     params:
-        reads=reads("fig2"),
+        **params_of("fig2"),
     conda:
         CONDA_ENV
     log:
@@ -26,7 +26,7 @@ rule fig1:
     output:
         **outputs("fig1"),
     params:
-        reads=reads("fig1"),
+        **params_of("fig1"),
     conda:
         CONDA_ENV
     log:
@@ -45,6 +45,8 @@ rule publish_fig1:
         **inputs("publish_fig1"),
     output:
         **outputs("publish_fig1"),
+    params:
+        **params_of("publish_fig1"),
     conda:
         CONDA_ENV
     log:
@@ -60,7 +62,7 @@ rule fig3:
     output:
         **outputs("fig3"),
     params:
-        reads=reads("fig3"),
+        **params_of("fig3"),
     conda:
         CONDA_ENV
     log:
@@ -78,7 +80,7 @@ rule fig678:
     output:
         **outputs("fig678"),
     params:
-        reads=reads("fig678"),
+        **params_of("fig678"),
     conda:
         CONDA_ENV
     log:
@@ -96,7 +98,7 @@ rule table2:
     output:
         **outputs("table2"),
     params:
-        reads=reads("table2"),
+        **params_of("table2"),
     conda:
         CONDA_ENV
     log:
@@ -106,13 +108,70 @@ rule table2:
         **resources_of("table2"),
     shell:
         shell_of("table2")
+
+
+rule fig_bias:
+    input:
+        **inputs("fig_bias"),
+    output:
+        **outputs("fig_bias"),
+    params:
+        **params_of("fig_bias"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("fig_bias"),
+    threads: res("fig_bias", "threads")
+    resources:
+        **resources_of("fig_bias"),
+    shell:
+        shell_of("fig_bias")
+# Figures 4 and 5 of the active scale, from the tables of the contrast and
+# dimensionality rules (analysis.smk).
+
+
+rule fig4:
+    input:
+        **inputs("fig4"),
+    output:
+        **outputs("fig4"),
+    params:
+        **params_of("fig4"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("fig4"),
+    threads: res("fig4", "threads")
+    resources:
+        **resources_of("fig4"),
+    shell:
+        shell_of("fig4")
+
+
+rule fig5:
+    input:
+        **inputs("fig5"),
+    output:
+        **outputs("fig5"),
+    params:
+        **params_of("fig5"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("fig5"),
+    threads: res("fig5", "threads")
+    resources:
+        **resources_of("fig5"),
+    shell:
+        shell_of("fig5")
+
 rule fig_estimators:
     input:
         **inputs("fig_estimators"),
     output:
         **outputs("fig_estimators"),
     params:
-        reads=reads("fig_estimators"),
+        **params_of("fig_estimators"),
     conda:
         CONDA_ENV
     log:

@@ -12,7 +12,7 @@ rule train:
     output:
         **outputs("train"),
     params:
-        reads=reads("train"),
+        **params_of("train"),
     conda:
         CONDA_ENV
     log:
@@ -32,7 +32,7 @@ rule train_full:
     output:
         **outputs("train_full"),
     params:
-        reads=reads("train_full"),
+        **params_of("train_full"),
     conda:
         CONDA_ENV
     log:
@@ -52,7 +52,7 @@ rule train_score:
     output:
         **outputs("train_score"),
     params:
-        reads=reads("train_score"),
+        **params_of("train_score"),
     conda:
         CONDA_ENV
     log:
