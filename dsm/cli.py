@@ -268,7 +268,10 @@ def _add_bias(sub):
     p.add_argument("--norm", required=True, help="its normalization JSON")
     p.add_argument("--data", required=True, help="prepared store directory (its test part is used)")
     p.add_argument("--out", required=True, help="output CSV: the budget per noise level")
-    p.add_argument("--totals", required=True, help="output JSON: the totals")
+    p.add_argument("--totals", required=True, help="output JSON: the totals and settings (details)")
+    p.add_argument("--metrics", default=None,
+                   help="output directory of the headline numbers (DVC metrics): one file per term "
+                        "(norm, time, space, score, predicted, direct), {err_db_per_dim, se_db_per_dim}")
     p.set_defaults(func=_run_bias)
 
 
@@ -276,7 +279,7 @@ def _run_bias(args):
     from dsm.analysis.bias import bias_from_params
 
     bias_from_params(_scale_cfg(args), model=args.model, norm=args.norm, data=args.data,
-                     out_csv=args.out, out_json=args.totals)
+                     out_csv=args.out, out_json=args.totals, out_metrics=args.metrics)
 
 
 def _add_fig_bias(sub):
@@ -310,7 +313,9 @@ def _add_gumbel(sub):
                                    "are used.")
     _add_params_options(p)
     p.add_argument("table", metavar="IN.parquet", help="per-image table (e.g. results/<scale>/full/logp-test.parquet)")
-    p.add_argument("--out", required=True, help="output JSON: loc, scale, intervals, ... (units in the keys)")
+    p.add_argument("--out", required=True,
+                   help="output directory of the headline numbers (DVC metrics): loc.json, scale.json, "
+                        "entropy.json, nll.json, each {estimate, ci95_lo, ci95_hi} with the unit in the keys")
     p.add_argument("--details", default=None,
                    help="full report JSON: every family's fit, AIC, KS, bootstrap settings "
                         "(default: OUT-details.json beside OUT)")
@@ -360,11 +365,12 @@ def _add_fig3(sub):
                                    "reference images (dsm examples) and the probes (dsm probes).")
     _add_params_options(p)
     p.add_argument("--logp", required=True, help="per-image table of the test set (dsm evaluate --full)")
-    p.add_argument("--gumbel", required=True, help="Gumbel fit JSON (dsm gumbel)")
+    p.add_argument("--gumbel", required=True, help="Gumbel fit details JSON (dsm gumbel --details)")
     p.add_argument("--examples", required=True, help="reference images JSON (dsm examples)")
     p.add_argument("--probes", required=True, help="probes JSON (dsm probes)")
     p.add_argument("--data", required=True, help="prepared store directory (the pixels)")
     p.add_argument("--out", required=True, help="output PDF")
+    p.add_argument("--hist", default=None, help="output CSV: the histogram drawn and the fit per bin (DVC plot)")
     p.set_defaults(func=_run_fig3)
 
 
@@ -372,7 +378,7 @@ def _run_fig3(args):
     from dsm.figures.fig3 import fig3_from_params
 
     fig3_from_params(_scale_cfg(args), logp=args.logp, gumbel=args.gumbel, examples=args.examples,
-                     probes=args.probes, data=args.data, out=args.out)
+                     probes=args.probes, data=args.data, out=args.out, hist=args.hist)
 
 
 def _add_fig678(sub):
@@ -385,6 +391,8 @@ def _add_fig678(sub):
     p.add_argument("--highest", required=True, help="output PDF of Figure 6")
     p.add_argument("--lowest", required=True, help="output PDF of Figure 7")
     p.add_argument("--spaced", required=True, help="output PDF of Figure 8")
+    p.add_argument("--selection", default=None,
+                   help="output JSON: per figure the number of images and the first and last one")
     p.set_defaults(func=_run_fig678)
 
 
@@ -392,7 +400,7 @@ def _run_fig678(args):
     from dsm.figures.fig678 import fig678_from_params
 
     fig678_from_params(_scale_cfg(args), logp=args.logp, data=args.data, highest=args.highest,
-                       lowest=args.lowest, spaced=args.spaced)
+                       lowest=args.lowest, spaced=args.spaced, selection=args.selection)
 
 
 def _add_table2(sub):
@@ -408,6 +416,9 @@ def _add_table2(sub):
     p.add_argument("--csv", required=True)
     p.add_argument("--md", required=True)
     p.add_argument("--tex", required=True)
+    p.add_argument("--metrics", default=None,
+                   help="output directory of the headline numbers (DVC metrics): one file per row that "
+                        "applies, {mean_bits_per_dim, se_bits_per_dim}")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_run_table2)
 
@@ -416,7 +427,7 @@ def _run_table2(args):
     from dsm.figures.table2 import table2_from_params
 
     table2_from_params(_scale_cfg(args), logp=args.logp, data=args.data, model=args.model, norm=args.norm,
-                       csv=args.csv, md=args.md, tex=args.tex, device=args.device)
+                       csv=args.csv, md=args.md, tex=args.tex, metrics=args.metrics, device=args.device)
 
 
 BUILDERS += [_add_gumbel, _add_probes, _add_fig3, _add_fig678, _add_table2]
@@ -433,7 +444,9 @@ def _add_table1(sub):
     p.add_argument("--energy", required=True, help="the full energy model (model.pt)")
     p.add_argument("--score", required=True, help="the score-only model (model.pt)")
     p.add_argument("--data", required=True, help="prepared store directory (its test part is used)")
-    p.add_argument("--out", required=True, help="output path without suffix (e.g. results/default/table1)")
+    p.add_argument("--out", required=True,
+                   help="output path without suffix (e.g. results/default/table1): OUT.csv, OUT.md, OUT.tex, "
+                        "OUT.json (details) and the directory OUT_metrics (headline numbers, DVC metrics)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_run_table1)
 
@@ -441,7 +454,7 @@ def _add_table1(sub):
 def _run_table1(args):
     from dsm.analysis.denoising import table1_from_params
 
-    out = {k: f"{args.out}.{k}" for k in ("csv", "md", "tex", "json")}
+    out = {k: f"{args.out}.{k}" for k in ("csv", "md", "tex", "json")} | {"metrics": f"{args.out}_metrics"}
     table1_from_params(_scale_cfg(args), energy=args.energy, score=args.score, data=args.data, out=out,
                        device=args.device)
 
@@ -457,7 +470,9 @@ def _add_dimensionality(sub):
     p.add_argument("--data", required=True, help="prepared store directory (its test part is used)")
     p.add_argument("--examples", required=True, help="reference images (dsm examples)")
     p.add_argument("--curves", required=True, help="output Parquet of the curves")
-    p.add_argument("--metrics", required=True, help="output JSON")
+    p.add_argument("--details", required=True, help="output JSON: agreement of eqs. 11 and 12, settings, provenance")
+    p.add_argument("--metrics", default=None, help="output JSON: the headline numbers (DVC metrics)")
+    p.add_argument("--d-eff", default=None, help="output CSV: the test-average d_eff against t (DVC plot)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_run_dimensionality)
 
@@ -466,7 +481,9 @@ def _run_dimensionality(args):
     from dsm.analysis.dimensionality import dimensionality_from_params
 
     dimensionality_from_params(_scale_cfg(args), model=args.model, norm=args.norm, data=args.data,
-                               examples=args.examples, out={"curves": args.curves, "metrics": args.metrics},
+                               examples=args.examples,
+                               out={"curves": args.curves, "details": args.details, "metrics": args.metrics,
+                                    "d_eff": args.d_eff},
                                device=args.device)
 
 
@@ -475,7 +492,7 @@ def _add_fig5(sub):
                        description="Plot the curves of `dsm dimensionality`.")
     _add_params_options(p)
     p.add_argument("--curves", required=True)
-    p.add_argument("--metrics", required=True)
+    p.add_argument("--details", required=True, help="details JSON of `dsm dimensionality`")
     p.add_argument("--data", required=True, help="prepared store directory (thumbnails)")
     p.add_argument("--out", required=True, help="output PDF")
     p.set_defaults(func=_run_fig5)
@@ -484,7 +501,7 @@ def _add_fig5(sub):
 def _run_fig5(args):
     from dsm.figures.fig5 import fig5_from_params
 
-    fig5_from_params(_scale_cfg(args), curves=args.curves, metrics=args.metrics, data=args.data, out=args.out)
+    fig5_from_params(_scale_cfg(args), curves=args.curves, details=args.details, data=args.data, out=args.out)
 
 
 def _add_contrast(sub):
@@ -500,7 +517,8 @@ def _add_contrast(sub):
     p.add_argument("--logp", required=True, help="per-image table of the test set (dsm evaluate --full)")
     p.add_argument("--affine", required=True, help="output Parquet: log p over contrast and brightness")
     p.add_argument("--sparsity", required=True, help="output Parquet: participation ratio and log p")
-    p.add_argument("--metrics", required=True, help="output JSON")
+    p.add_argument("--details", required=True, help="output JSON: settings, correlations, per-slice numbers")
+    p.add_argument("--metrics", default=None, help="output JSON: the headline numbers (DVC metrics)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_run_contrast)
 
@@ -510,7 +528,8 @@ def _run_contrast(args):
 
     contrast_from_params(_scale_cfg(args), model=args.model, norm=args.norm, data=args.data,
                          examples=args.examples, logp=args.logp,
-                         out={"affine": args.affine, "sparsity": args.sparsity, "metrics": args.metrics},
+                         out={"affine": args.affine, "sparsity": args.sparsity, "details": args.details,
+                              "metrics": args.metrics},
                          device=args.device)
 
 
@@ -520,7 +539,7 @@ def _add_fig4(sub):
     _add_params_options(p)
     p.add_argument("--affine", required=True)
     p.add_argument("--sparsity", required=True)
-    p.add_argument("--metrics", required=True)
+    p.add_argument("--details", required=True, help="details JSON of `dsm contrast`")
     p.add_argument("--out", required=True, help="output PDF")
     p.set_defaults(func=_run_fig4)
 
@@ -528,7 +547,7 @@ def _add_fig4(sub):
 def _run_fig4(args):
     from dsm.figures.fig4 import fig4_from_params
 
-    fig4_from_params(_scale_cfg(args), affine=args.affine, sparsity=args.sparsity, metrics=args.metrics,
+    fig4_from_params(_scale_cfg(args), affine=args.affine, sparsity=args.sparsity, details=args.details,
                      out=args.out)
 
 

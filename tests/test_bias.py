@@ -87,3 +87,28 @@ def test_normalization_error_forms():
     assert est.sum() == pytest.approx(one.lam.sum(), rel=0.05)
     with pytest.raises(Exception, match="norm_entropy"):
         gaussian_entropy(4, 1.0, "student")
+
+
+def test_headline_rows_and_their_standard_errors(field, tmp_path):
+    """The headline files (DVC metrics) are the totals, one row per term; the predicted
+    error's standard error is over image-draws: as the budget holds path by path, each
+    draw's predicted error is its image's direct error, so with n_noise draws per image the
+    SE is the direct error's SE over sqrt(n_noise)."""
+    from dsm.analysis.bias import HEADLINE_ROWS, headline
+    from dsm.headline import write_json_dir
+    from test_analysis import check_headline_file
+
+    dens, x = field
+    wrong = FieldDensity(SIZE, alpha=1.7, scales=[0.7, 1.3, 2.5], weights=[0.2, 0.3, 0.5])
+    s = summarize(bias_budget(ExactModel(wrong), dens, x, GRID, seed=2, n_noise=4, c_nats=0.0))
+    h = headline(s)
+    assert set(h) == set(HEADLINE_ROWS) == {"norm", "time", "space", "score", "predicted", "direct"}
+    assert h["predicted"]["err_db_per_dim"] == s["predicted_err_db"]
+    assert h["time"]["se_db_per_dim"] > 0 and h["space"]["se_db_per_dim"] > 0
+    assert h["predicted"]["se_db_per_dim"] == pytest.approx(s["direct_err_se_db"] / 2, rel=0.05)
+    assert h["norm"]["err_db_per_dim"] == pytest.approx(0.0, abs=1e-12)        # c = 0 is its constant
+    write_json_dir(tmp_path / "m", h)
+    for f in (tmp_path / "m").iterdir():
+        check_headline_file(f)
+    # a source without an exact density: the same rows, no numbers
+    assert all(v == {"err_db_per_dim": None, "se_db_per_dim": None} for v in headline({}).values())

@@ -11,6 +11,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,7 @@ def write_table(path, values, d=4096, **extra):
 
 def run_gumbel(tmp_path, table, *args):
     """`dsm gumbel` in-process, run from a directory without params.yaml (schema defaults)."""
-    out = tmp_path / "out" / "gumbel.json"
+    out = tmp_path / "out" / "gumbel"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)
         rc = main(["gumbel", str(table), "--out", str(out), *args])
@@ -52,29 +53,54 @@ def gumbel_run(tmp_path_factory):
     table = write_table(tmp / "logp.parquet", x)
     rc, out = run_gumbel(tmp, table, "--set", "gumbel.bootstrap=200")
     assert rc == 0
-    return x, json.loads(out.read_text()), json.loads((out.parent / "gumbel-details.json").read_text())
+    headline = {f.stem: json.loads(f.read_text()) for f in out.iterdir()}
+    return x, headline, json.loads((out.parent / "gumbel-details.json").read_text())
+
+
+def test_headline_files_are_dvc_metrics_rows(gumbel_run):
+    """One file per quantity sharing their keys (a table in `dvc metrics show`), every key
+    named with its unit; the numbers are the details'."""
+    from test_analysis import check_headline_file
+
+    x, m, det = gumbel_run
+    assert set(m) == {"loc", "scale", "entropy", "nll"}
+    for name in ("loc", "scale", "entropy"):
+        assert set(m[name]) == {"estimate_db_per_dim", "ci95_lo_db_per_dim", "ci95_hi_db_per_dim"}
+    assert m["loc"]["estimate_db_per_dim"] == det["gumbel_r"]["loc"]
+    assert [m["scale"]["ci95_lo_db_per_dim"], m["scale"]["ci95_hi_db_per_dim"]] == det["gumbel_r"]["scale_ci95"]
+    assert m["nll"] == {"estimate_bits_per_dim": det["entropy"]["bits_per_dim_8bit"]}
+    out = Path(det["provenance"]["source"]).parent / "out" / "gumbel"      # where gumbel_run wrote
+    assert sorted(f.name for f in out.iterdir()) == ["entropy.json", "loc.json", "nll.json", "scale.json"]
+    for f in out.iterdir():
+        check_headline_file(f)
 
 
 def test_recovers_gumbel_parameters_within_bootstrap_intervals(gumbel_run):
-    x, m, _ = gumbel_run
-    assert m["n_images"] == 50_000 and m["column"] == "logp_db_per_dim" and m["unit"] == "dB/dim"
-    assert m["loc_ci95_lo_db_per_dim"] <= LOC <= m["loc_ci95_hi_db_per_dim"]
-    assert m["scale_ci95_lo_db_per_dim"] <= SCALE <= m["scale_ci95_hi_db_per_dim"]
-    assert m["loc_ci95_lo_db_per_dim"] < m["loc_db_per_dim"] < m["loc_ci95_hi_db_per_dim"]
+    x, m, det = gumbel_run
+    assert det["n_images"] == 50_000 and det["column"] == "logp_db_per_dim" and det["unit"] == "dB/dim"
+    loc, scale = m["loc"], m["scale"]
+    assert loc["ci95_lo_db_per_dim"] <= LOC <= loc["ci95_hi_db_per_dim"]
+    assert scale["ci95_lo_db_per_dim"] <= SCALE <= scale["ci95_hi_db_per_dim"]
+    assert loc["ci95_lo_db_per_dim"] < loc["estimate_db_per_dim"] < loc["ci95_hi_db_per_dim"]
     # the intervals are as narrow as the asymptotic standard errors say (Fisher information
     # of the Gumbel: se(loc) = 1.11 scale / sqrt(n), se(scale) = 0.78 scale / sqrt(n))
-    width = m["loc_ci95_hi_db_per_dim"] - m["loc_ci95_lo_db_per_dim"]
+    width = loc["ci95_hi_db_per_dim"] - loc["ci95_lo_db_per_dim"]
     assert width == pytest.approx(2 * 1.96 * 1.109 * SCALE / math.sqrt(len(x)), rel=0.25)
-    width = m["scale_ci95_hi_db_per_dim"] - m["scale_ci95_lo_db_per_dim"]
+    width = scale["ci95_hi_db_per_dim"] - scale["ci95_lo_db_per_dim"]
     assert width == pytest.approx(2 * 1.96 * 0.780 * SCALE / math.sqrt(len(x)), rel=0.25)
+    # the entropy's interval: -mean log p ± 1.96 sd / sqrt(n) (the mean is nearly normal)
+    h = m["entropy"]
+    assert h["ci95_lo_db_per_dim"] < -x.mean() < h["ci95_hi_db_per_dim"]
+    assert h["ci95_hi_db_per_dim"] - h["ci95_lo_db_per_dim"] == pytest.approx(
+        2 * 1.96 * x.std() / math.sqrt(len(x)), rel=0.25)
 
 
 def test_gumbel_wins_by_aic_on_gumbel_samples(gumbel_run):
     _, m, det = gumbel_run
-    assert m["best_by_aic"] == "gumbel_r" and det["ranking_by_aic"][0] == "gumbel_r"
+    assert det["best_by_aic"] == "gumbel_r" and det["ranking_by_aic"][0] == "gumbel_r"
     fits = det["fits"]
-    assert m["aic_margin"] == pytest.approx(min(f["aic"] for n, f in fits.items() if n != "gumbel_r")
-                                            - fits["gumbel_r"]["aic"])
+    assert det["aic_margin"] == pytest.approx(min(f["aic"] for n, f in fits.items() if n != "gumbel_r")
+                                              - fits["gumbel_r"]["aic"])
     assert fits["gumbel_r"]["ks_statistic"] < min(fits[n]["ks_statistic"] for n in ("gumbel_l", "norm"))
     assert fits["skewnorm"]["k"] == 3 and fits["norm"]["k"] == 2
 
@@ -82,21 +108,21 @@ def test_gumbel_wins_by_aic_on_gumbel_samples(gumbel_run):
 def test_summary_numbers_and_their_units(gumbel_run):
     x, m, det = gumbel_run
     mean = x.mean()
-    assert m["mean_db_per_dim"] == pytest.approx(mean)
+    assert det["sample"]["mean"] == pytest.approx(mean)
     # entropy = -mean log p; in nats/dim -ln(10)/10 times the dB value; 8-bit bits/dim
-    assert m["entropy_db_per_dim"] == pytest.approx(-mean)
+    assert m["entropy"]["estimate_db_per_dim"] == pytest.approx(-mean)
     h = -mean * math.log(10) / 10
     assert det["entropy"]["nats_per_dim"] == pytest.approx(h)
-    assert m["entropy_bits_per_dim_8bit"] == pytest.approx(8 + h / math.log(2))
-    assert m["range_db_per_dim"] == pytest.approx(x.max() - x.min())
+    assert m["nll"]["estimate_bits_per_dim"] == pytest.approx(8 + h / math.log(2))
+    assert det["sample"]["range"] == pytest.approx(x.max() - x.min())
     # the Gumbel's mean loc + γ scale is the sample mean's (paper: 9.57 + 0.577 · 3.17 = 11.4)
     assert det["gumbel_r"]["mean"] == pytest.approx(mean, abs=0.05)
 
 
 def test_normal_samples_pick_the_normal():
     x = np.random.default_rng(3).normal(11.4, 4.0, 20_000)
-    metrics, details = gb.summarize(x, resamples=20, seed=0)
-    assert metrics["best_by_aic"] == "norm"
+    _, details = gb.summarize(x, resamples=20, seed=0)
+    assert details["best_by_aic"] == "norm"
     assert details["fits"]["norm"]["params"]["loc"] == pytest.approx(x.mean())
     assert details["fits"]["norm"]["params"]["scale"] == pytest.approx(x.std())   # ML: ddof 0
     assert details["fits"]["gumbel_r"]["delta_aic"] > 100 and details["fits"]["gumbel_l"]["delta_aic"] > 100
@@ -137,13 +163,15 @@ def test_entropy_agrees_across_columns_of_one_table(tmp_path):
     for col, v in cols.items():
         m, det = gb.summarize(v, col, resamples=10, seed=0, d=d)
         u = gb.column_unit(col)["suffix"]
-        assert f"loc_{u}" in m and f"scale_{u}" in m
-        assert m["entropy_db_per_dim"] == pytest.approx(h_db), col
+        assert f"estimate_{u}" in m["loc"] and f"ci95_hi_{u}" in m["scale"]
+        assert m["entropy"]["estimate_db_per_dim"] == pytest.approx(h_db), col
+        # the interval of the entropy maps through the unit's conversion (decreasing for log p)
+        assert m["entropy"]["ci95_lo_db_per_dim"] < h_db < m["entropy"]["ci95_hi_db_per_dim"], col
         assert det["entropy"]["nats_per_dim"] == pytest.approx(e.mean() / d), col
-    assert gb.summarize(cols["nll_bits_per_dim"], "nll_bits_per_dim", 10, 0)[0][
-        "entropy_bits_per_dim_8bit"] == pytest.approx(cols["nll_bits_per_dim"].mean())
+    assert gb.summarize(cols["nll_bits_per_dim"], "nll_bits_per_dim", 10, 0)[0]["nll"][
+        "estimate_bits_per_dim"] == pytest.approx(cols["nll_bits_per_dim"].mean())
     m, _ = gb.summarize(cols["logp_db_per_dim"], "other", resamples=10, seed=0)
-    assert "entropy_db_per_dim" not in m and "loc_other" in m
+    assert set(m) == {"loc", "scale"} and "estimate_other" in m["loc"]
 
 
 # --- bad input: one line, exit 2, nothing written -----------------------------------------
@@ -330,3 +358,41 @@ def test_fig3_limits_take_in_near_probes_only():
     lo, hi = _limits(np.array([0.0, 10.0]), [-5.0, 60.0], None)
     assert lo < -5.0 < 0 and 10.0 < hi < 11.0          # -5 is near, 60 is far: drawn at the border
     assert _limits(np.array([0.0, 10.0]), [], [2.0, 3.0]) == (2.0, 3.0)
+
+
+# --- what a reader sees: Figure 3's histogram (a DVC plot), Table 2's headline numbers -------
+
+def test_fig3_histogram_table_is_the_drawn_histogram_and_the_fit_per_bin():
+    from dsm.figures.fig3 import histogram_table
+
+    x = stats.gumbel_r.rvs(loc=LOC, scale=SCALE, size=2000, random_state=np.random.default_rng(5))
+    bins = np.linspace(x.min() - 1, x.max() + 1, 31)
+    t = histogram_table(x, bins, LOC, SCALE)
+    width = np.diff(bins)
+    assert list(t["logp_db_per_dim"]) == pytest.approx(list(0.5 * (bins[1:] + bins[:-1])))
+    assert (t["density"] * width).sum() == pytest.approx(1.0)
+    assert list(t["density"]) == pytest.approx(list(np.histogram(x, bins, density=True)[0]))
+    # the fit on the histogram's footing: its probability of each bin over the width
+    mass = stats.gumbel_r.cdf(bins[1:], LOC, SCALE) - stats.gumbel_r.cdf(bins[:-1], LOC, SCALE)
+    assert list(t["gumbel_density"]) == pytest.approx(list(mass / width))
+    assert t["exact_density"].isna().all()
+    # values outside the bins are counted in the border bins (clipped, as drawn)
+    t2 = histogram_table(np.r_[x, 1e3], bins, LOC, SCALE, exact=x)
+    assert (t2["density"] * width).sum() == pytest.approx(1.0) and t2["density"].iloc[-1] > t["density"].iloc[-1]
+    assert list(t2["exact_density"]) == pytest.approx(list(t["density"]))
+
+
+def test_table2_headline_rows(tmp_path):
+    from dsm.figures import table2
+    from dsm.headline import write_json_dir
+    from test_analysis import check_headline_file
+
+    rows = nll.nll_rows(nll_table(), {"source": "field", "dtype": "float32", "exact": {"entropy_nats": -17.0}})
+    h = table2.headline(rows)
+    assert set(h) == {"model_8bit_shift", "exact_test", "exact_entropy", "model_excess"}   # dequantized: n/a
+    by_key = {r["key"]: r for r in rows}
+    for key, m in h.items():
+        assert m == {"mean_bits_per_dim": by_key[key]["bits_per_dim"], "se_bits_per_dim": by_key[key]["se_bits_per_dim"]}
+    write_json_dir(tmp_path / "m", h)
+    for f in (tmp_path / "m").iterdir():
+        check_headline_file(f)

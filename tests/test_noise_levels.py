@@ -294,3 +294,75 @@ def test_cli_errors_name_the_file_and_write_nothing(tmp_path, capsys):
         dimensionality.fig5_params({"figures": {"fig5": {"log10_t": [1.0, -1.0]}}})
     with pytest.raises(DsmError, match="figures.fig4.contrast"):
         contrast.fig4_params({"figures": {"fig4": {"contrast": [0.0, 1.0]}}})
+
+
+# --- the headline numbers (DVC metrics) of Table 1, Figures 4 and 5 --------------------------
+
+def test_table1_headline_rows_per_input_psnr(tmp_path):
+    from dsm.headline import write_json_dir
+    from test_analysis import check_headline_file
+
+    rng = np.random.default_rng(2)
+    mse = {name: {p: scale * rng.uniform(0.9, 1.1, 20) for p, scale in ((90.0, 1e-9), (0.0, 0.01), (-30.0, 0.2))}
+           for name in ("energy", "score", "optimal")}
+    s = denoising.summarize(mse, [90, 0, -30])
+    h = denoising.headline(s)
+    assert list(h) == ["psnr+90", "psnr+0", "psnr-30"]
+    for e in s["by_psnr"]:
+        row = h[denoising.row_name(e["input_psnr_db"])]
+        assert row == {"energy_psnr_db": e["energy"]["psnr_db"], "score_psnr_db": e["score"]["psnr_db"],
+                       "optimal_psnr_db": e["optimal"]["psnr_db"],
+                       "energy_minus_score_psnr_db": e["energy_minus_score"]["diff_db"],
+                       "difference_se_psnr_db": e["energy_minus_score"]["se_db"]}
+        assert row["energy_minus_score_psnr_db"] == pytest.approx(row["energy_psnr_db"] - row["score_psnr_db"])
+    write_json_dir(tmp_path / "m", h)
+    for f in (tmp_path / "m").iterdir():
+        check_headline_file(f)
+
+
+def _curves(gaps, ts, inside):
+    import pandas as pd
+
+    rows = []
+    for curve, kind, g in (("image 3", "reference", gaps[0]), ("test average", "average", gaps[1])):
+        for t, gap, ok in zip(ts, g, inside):
+            rows.append({"curve": curve, "kind": kind, "t": t, "gap": gap, "gap_se": 1.0, "d_eff_eq11": 10.0 + gap,
+                         "d_eff_eq12": 10.0, "in_training_range": ok})
+    return pd.DataFrame(rows)
+
+
+def test_fig5_headline_and_d_eff_table(tmp_path):
+    """The largest |eq.11 - eq.12| over every curve and t, and within the training range."""
+    from test_analysis import check_headline_file
+
+    ts = [1e-6, 1e-3, 1.0]
+    inside = np.array([False, True, True])
+    df = _curves(([0.5, -2.0, 9.0], [-30.0, 1.0, 0.5]), ts, inside)
+    details = {"d": 64, "model_consistency": dimensionality.curve_summary(df, 64, 0.01)}
+    h = dimensionality.headline(details, df["in_training_range"])
+    assert h["max_abs_gap_dims"] == 30.0 and h["trained_max_abs_gap_dims"] == 9.0
+    assert h["agreeing_fraction"] == pytest.approx(3 / 6)           # |gap| <= 3 SE at 0.5, -2, 1 ... and 0.5
+    assert "exact_max_abs_gap_dims" not in h
+    assert dimensionality.headline(details, np.ones(6, bool))["trained_max_abs_gap_dims"] == 30.0
+    assert dimensionality.headline(details, np.zeros(6, bool))["trained_max_abs_gap_dims"] is None
+    details |= {"exact_consistency": {"largest_disagreement": {"gap": -0.25}},
+                "model_vs_exact_within_training_range": {"max_abs_d_eff_eq11_error_over_d": 0.125}}
+    h = dimensionality.headline(details, df["in_training_range"])
+    assert h["exact_max_abs_gap_dims"] == 0.25 and h["d_eff_max_abs_err_dims"] == 8.0
+    (tmp_path / "m.json").write_text(json.dumps(h))
+    check_headline_file(tmp_path / "m.json")
+    table = dimensionality.d_eff_table(df.iloc[::-1])
+    assert list(table.columns) == ["t", *dimensionality.D_EFF_COLUMNS] and list(table["t"]) == ts
+    assert list(table["d_eff_eq11"]) == [-20.0, 11.0, 10.5] and table["exact_d_eff_eq11"].isna().all()
+
+
+def test_fig4_headline():
+    from test_analysis import check_headline_file
+
+    details = {"sparsity": {"model": {"n": 9, "pearson_r": -0.5, "spearman_rho": -0.4},
+                            "exact": {"n": 9, "pearson_r": -0.6, "spearman_rho": -0.45}},
+               "grid_model_minus_exact_db": {"mean": 0.1, "max_abs": 0.7}}
+    assert contrast.headline(details) == {"pearson_r": -0.5, "spearman_rho": -0.4, "exact_pearson_r": -0.6,
+                                          "exact_spearman_rho": -0.45, "affine_max_abs_err_db_per_dim": 0.7}
+    real = {"sparsity": {"model": {"n": 2, "pearson_r": None, "spearman_rho": None}, "exact": None}}
+    assert contrast.headline(real) == {"pearson_r": None, "spearman_rho": None}

@@ -227,7 +227,9 @@ def bias_budget(model, exact, x, t_grid, *, seed: int = 0, n_noise: int = 1, c_n
     attrs = {"d": d, "n_images": n_img, "n_noise": int(n_noise), "t_max": float(t_grid[-1]),
              "t_low": float(t_grid[0]),
              "time_total_db": float(df["cum_time_db"].iloc[0]),
+             "time_total_se_db": float(DB * _se(cum_t)[0]),
              "space_total_db": float(df["cum_space_db"].iloc[0]),
+             "space_total_se_db": float(DB * _se(cum_s)[0]),
              "score_total_db": float(df["cum_total_db"].iloc[0]),
              "score_total_se_db": float(df["cum_total_se_db"].iloc[0])}
     if c_nats is not None:
@@ -242,6 +244,9 @@ def bias_budget(model, exact, x, t_grid, *, seed: int = 0, n_noise: int = 1, c_n
         attrs["direct_err_db"] = float(direct.mean())
         attrs["direct_err_se_db"] = float(direct.std(ddof=1) / math.sqrt(len(direct))) if len(direct) > 1 else float("nan")
         attrs["predicted_err_db"] = attrs["norm_err_db"] + attrs["score_total_db"]
+        # per image-draw: -(normalized energy error at T) + the score terms' integral (paired)
+        predicted = DB * (-per["err"][:, -1] + (cum_t + cum_s)[:, 0])
+        attrs["predicted_err_se_db"] = float(_se(predicted[:, None])[0])
     df.attrs.update(attrs)
     return df
 
@@ -256,30 +261,52 @@ def model_terms_energy(model, y: torch.Tensor) -> torch.Tensor:
 
 
 def summarize(df: pd.DataFrame) -> dict:
-    """The totals of a :func:`bias_budget` table (dB/dim of log p, model - exact):
-    time_total_db, space_total_db, score_total_db (their sum, ± score_total_se_db), and with
-    c_nats: norm_err_db (± norm_err_se_db), predicted_err_db = norm + score, and
-    direct_err_db (± direct_err_se_db), measured at t = 0 on the same clean images."""
+    """The totals of a :func:`bias_budget` table (dB/dim of log p, model - exact), each with
+    its standard error over the image-draws (``*_se_db``): time_total_db, space_total_db,
+    score_total_db (their sum), and with c_nats: norm_err_db, predicted_err_db = norm +
+    score, and direct_err_db, measured at t = 0 on the same clean images."""
     return dict(df.attrs)
 
 
 # --- the pipeline stage -------------------------------------------------------------------
 
-def bias_from_params(cfg: dict, model, norm, data, out_csv, out_json) -> dict:
+HEADLINE_ROWS = {   # headline file -> (total, its standard error) in the totals
+    "norm": ("norm_err_db", "norm_err_se_db"),
+    "time": ("time_total_db", "time_total_se_db"),
+    "space": ("space_total_db", "space_total_se_db"),
+    "score": ("score_total_db", "score_total_se_db"),
+    "predicted": ("predicted_err_db", "predicted_err_se_db"),
+    "direct": ("direct_err_db", "direct_err_se_db"),
+}
+
+
+def headline(totals: dict) -> dict:
+    """The headline numbers of the budget, one row per term: ``{norm, time, space, score
+    (time + space), predicted (norm + score), direct (measured at t = 0)}``, each
+    ``{err_db_per_dim, se_db_per_dim}`` (log p error, model - exact, dB/dim); null where the
+    source has no exact density."""
+    return {row: {"err_db_per_dim": totals.get(v), "se_db_per_dim": totals.get(se)}
+            for row, (v, se) in HEADLINE_ROWS.items()}
+
+
+def bias_from_params(cfg: dict, model, norm, data, out_csv, out_json, out_metrics=None) -> dict:
     """`dsm bias`: the budget of the full model against the exact density of its data.
 
     On ``bias.n_images`` test images with ``bias.n_noise`` draws each, on ``bias.n_t``
     noise levels log-spaced from ``bias.t_low`` up to T, the level of the model's
     normalization constant (``evaluate.norm_t``, else the training t_max), so the
     normalization + time + space terms add up to the directly measured error at t = 0.
-    Writes the per-t table (CSV) and the totals plus the normalization forms' own errors
-    at T (JSON). Sources without an exact density are an error.
+    Writes the per-t table (CSV), the totals plus the normalization forms' own errors at
+    T (JSON, the details) and, if ``out_metrics`` is given, the headline numbers as a
+    directory of one file per term (:func:`headline`, DVC metrics). A source without an
+    exact density gets outputs that say so (``available: false``; null headline numbers).
     """
     from pathlib import Path
 
     from dsm.data.exact import exact_density
     from dsm.data.store import open_store
     from dsm.evaluate import read_norm
+    from dsm.headline import write_json_dir
     from dsm.io import code_version, sha256_file, write_json, write_text
     from dsm.modelfile import load_energy_model
     from dsm.runtime import stage_threads
@@ -295,6 +322,8 @@ def bias_from_params(cfg: dict, model, norm, data, out_csv, out_json) -> dict:
                   "code_version": code_version()}
         write_text(out_csv, "t\n")
         write_json(out_json, result)
+        if out_metrics is not None:
+            write_json_dir(out_metrics, headline({}))
         return result
     net, payload, _ = load_energy_model(model, cfg.get("device", "auto"))
     norm_info = read_norm(norm, sha256_file(model))
@@ -310,9 +339,7 @@ def bias_from_params(cfg: dict, model, norm, data, out_csv, out_json) -> dict:
         "available": True,
         "units": "log p error, model - exact, dB/dim (positive: the model's log p is too high)",
         "t_norm": big_t, "norm_entropy": norm_info.get("entropy"),
-        **{k: totals[k] for k in ("norm_err_db", "norm_err_se_db", "time_total_db", "space_total_db",
-                                  "score_total_db", "score_total_se_db", "predicted_err_db",
-                                  "direct_err_db", "direct_err_se_db")},
+        **{k: totals[k] for pair in HEADLINE_ROWS.values() for k in pair},
         "n_images": n, "n_noise": int(p["n_noise"]), "n_t": int(p["n_t"]), "t_low": float(p["t_low"]),
         "normalization_forms_at_t_norm": {r["form"]: r["logp_err_db_per_dim"]
                                           for r in forms.to_dict("records")},
@@ -320,4 +347,6 @@ def bias_from_params(cfg: dict, model, norm, data, out_csv, out_json) -> dict:
     }
     write_text(out_csv, df.to_csv(index=False))
     write_json(out_json, result)
+    if out_metrics is not None:
+        write_json_dir(out_metrics, headline(result))
     return result

@@ -29,7 +29,12 @@ Spearman correlations (and on ``field`` the same with the exact log p). The rati
 depend on a or b (details are linear in x and the low-pass is left out).
 
 ``dsm contrast`` writes ``results/<scale>/fig4/affine.parquet``,
-``results/<scale>/fig4/sparsity.parquet`` and ``results/<scale>/fig4/metrics.json``.
+``results/<scale>/fig4/sparsity.parquet``, ``details.json`` (settings, per-slice numbers,
+the correlations with their sample sizes, provenance) and ``metrics.json``, the headline
+numbers (DVC metrics, :func:`headline`): ``pearson_r`` and ``spearman_rho`` of log p against
+the participation ratio over the test images, and on an exact source ``exact_pearson_r``,
+``exact_spearman_rho`` (the same with the exact log p) and ``affine_max_abs_err_db_per_dim``
+(the largest |model − exact| log p over the contrast/brightness grid and slices).
 """
 
 from __future__ import annotations
@@ -106,10 +111,23 @@ def correlations(x, y) -> dict:
             "spearman_rho": float(stats.spearmanr(x, y)[0])}
 
 
+def headline(details: dict) -> dict:
+    """The headline numbers (see the module's docstring) from the details of
+    :func:`contrast_from_params`."""
+    s = details["sparsity"]
+    out = {"pearson_r": s["model"]["pearson_r"], "spearman_rho": s["model"]["spearman_rho"]}
+    if s.get("exact") is not None:
+        out.update(exact_pearson_r=s["exact"]["pearson_r"], exact_spearman_rho=s["exact"]["spearman_rho"])
+    if "grid_model_minus_exact_db" in details:
+        out["affine_max_abs_err_db_per_dim"] = details["grid_model_minus_exact_db"]["max_abs"]
+    return out
+
+
 def contrast_from_params(cfg: dict, model, norm, data, examples, logp, out: dict, device=None) -> dict:
     """`dsm contrast`: Figure 4's tables for the full energy model ``model`` (model.pt) with
     its normalization JSON ``norm``, the reference images ``examples`` and the test set's
-    per-image table ``logp``. ``out``: paths {affine, sparsity (Parquet), metrics (JSON)}."""
+    per-image table ``logp``. ``out``: paths {affine, sparsity (Parquet), details (JSON),
+    metrics (headline JSON; optional)}. Returns the details."""
     import pandas as pd
 
     from dsm.analysis.reference import open_test_part, read_examples
@@ -207,8 +225,12 @@ def contrast_from_params(cfg: dict, model, norm, data, examples, logp, out: dict
         metrics["grid_model_minus_exact_db"] = {
             "mean": float((table["logp_db_per_dim"] - table["exact_logp_db_per_dim"]).mean()),
             "max_abs": float((table["logp_db_per_dim"] - table["exact_logp_db_per_dim"]).abs().max())}
-    write_json(out["metrics"], metrics)
+    write_json(out["details"], metrics)
+    if out.get("metrics") is not None:
+        from dsm.headline import write_headline
+
+        write_headline(out["metrics"], headline(metrics))
     s = metrics["sparsity"]["model"]
     print(f"contrast: {len(table)} transformed images, {len(sparsity)} test images; log p vs participation "
-          f"ratio: Pearson {s['pearson_r']}, Spearman {s['spearman_rho']} -> {out['metrics']}", file=sys.stderr)
+          f"ratio: Pearson {s['pearson_r']}, Spearman {s['spearman_rho']} -> {out['details']}", file=sys.stderr)
     return metrics

@@ -22,9 +22,13 @@ difference energy − score is paired (same images, same z):
 
 ``dsm table1`` writes ``results/<scale>/table1.csv`` (one row per model and input PSNR),
 ``table1.md`` and ``table1.tex`` (the paper's layout: a column per input PSNR, a row per
-model, ``PSNR ± SE``) and ``table1.json`` (the numbers, the per-PSNR difference energy −
-score with its standard error, and whether the paper's claim holds: the energy model
-denoises at least as well as the score model at every noise level but the smallest).
+model, ``PSNR ± SE``), ``table1.json`` (the details: the numbers, the per-PSNR difference
+energy − score with its standard error, and whether the paper's claim holds: the energy
+model denoises at least as well as the score model at every noise level but the smallest)
+and the headline numbers (DVC metrics) as a directory ``table1_metrics/`` of one file per
+input PSNR p, ``psnr<+p>.json`` (``psnr+90``, ``psnr-30``): ``energy_psnr_db``,
+``score_psnr_db``, ``optimal_psnr_db`` (exact sources), ``energy_minus_score_psnr_db`` and
+its standard error ``difference_se_psnr_db``.
 """
 
 from __future__ import annotations
@@ -162,6 +166,24 @@ def claim_check(by_psnr: list) -> dict:
     }
 
 
+def row_name(input_psnr_db: float) -> str:
+    """The headline file of one input PSNR: ``psnr+90``, ``psnr+0``, ``psnr-30``."""
+    return f"psnr{float(input_psnr_db):+g}"
+
+
+def headline(summary: dict) -> dict:
+    """``{row_name(p): {energy_psnr_db, score_psnr_db, [optimal_psnr_db],
+    energy_minus_score_psnr_db, difference_se_psnr_db}}`` from :func:`summarize`."""
+    out = {}
+    for e in summary["by_psnr"]:
+        row = {f"{name}_psnr_db": e[name]["psnr_db"] for name in ("energy", "score", "optimal") if name in e}
+        if "energy_minus_score" in e:
+            row["energy_minus_score_psnr_db"] = e["energy_minus_score"]["diff_db"]
+            row["difference_se_psnr_db"] = e["energy_minus_score"]["se_db"]
+        out[row_name(e["input_psnr_db"])] = row
+    return out
+
+
 # --- writing the table ------------------------------------------------------------------
 
 def _cell(s: dict) -> str:
@@ -235,7 +257,8 @@ def table1_params(cfg: dict) -> dict:
 def table1_from_params(cfg: dict, energy, score, data, out: dict, device=None) -> dict:
     """`dsm table1`: the table for the full energy model ``energy`` and the score-only model
     ``score`` (model.pt files) on the first ``figures.table1.n_images`` test images of the
-    store ``data``. ``out``: paths {csv, md, tex, json}."""
+    store ``data``. ``out``: paths {csv, md, tex, json (details), metrics (headline
+    directory; optional)}."""
     from dsm.data.exact import ExactModel, exact_density
     from dsm.data.store import open_store
     from dsm.modelfile import load_model
@@ -286,5 +309,9 @@ def table1_from_params(cfg: dict, energy, score, data, out: dict, device=None) -
         **{k: summary[k] for k in ("by_psnr", "claim") if k in summary},
     }
     write_json(out["json"], result)
+    if out.get("metrics") is not None:
+        from dsm.headline import write_json_dir
+
+        write_json_dir(out["metrics"], headline(summary))
     print("table1:\n" + table_markdown(summary, names), file=sys.stderr)
     return result

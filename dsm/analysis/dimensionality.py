@@ -28,8 +28,17 @@ exact curves; their eq. 11 and eq. 12 agree within Monte-Carlo error) and the po
 d_eff of :meth:`FieldDensity.d_eff` is added to the average curve.
 
 ``dsm dimensionality`` writes ``results/<scale>/fig5/curves.parquet`` (one row per curve
-and t) and ``results/<scale>/fig5/metrics.json`` (where eq. 11 and eq. 12 agree and where
-not, the largest disagreement and where).
+and t), ``details.json`` (where eq. 11 and eq. 12 agree and where not, the largest
+disagreement and where, settings, provenance), ``d_eff.csv`` (the test-average curve: t,
+``d_eff_eq11``, ``d_eff_eq12``, ``exact_d_eff_eq11`` and ``exact_d_eff_population``, empty
+without an exact density; a DVC plot) and ``metrics.json``, the headline numbers (DVC
+metrics, :func:`headline`), in dimensions (of d): ``max_abs_gap_dims`` (the largest
+|eq. 11 − eq. 12| of the model over every curve and t), ``trained_max_abs_gap_dims`` (the
+same within the model's training range of t; null if the grid has no point in it),
+``agreeing_fraction`` (the share of the model's (curve, t) points where the two agree
+within 3 standard errors) and on an exact source ``exact_max_abs_gap_dims`` (the same
+estimators on the exact density: Monte-Carlo error only) and ``d_eff_max_abs_err_dims``
+(the model's eq. 11 against the exact one's, within the training range).
 """
 
 from __future__ import annotations
@@ -226,10 +235,47 @@ def _curve_summary(df, d: int, rel_tol: float, prefix: str = "") -> dict:
             "fraction_of_points_agreeing_practically": float(np.mean(np.abs(gap) <= rel_tol * d))}
 
 
+def headline(details: dict, in_training_range) -> dict:
+    """The headline numbers (see the module's docstring) from the details of
+    :func:`dimensionality_from_params`; ``in_training_range``: the curves' flags (all, some
+    or none of the points inside the model's training range of t)."""
+    d = int(details["d"])
+    model = details["model_consistency"]
+    flags = np.asarray(in_training_range, bool)
+    if flags.all():
+        trained = model["largest_disagreement"]
+    elif flags.any():
+        trained = model["within_training_range"]["largest_disagreement"]
+    else:
+        trained = None
+    out = {"max_abs_gap_dims": abs(model["largest_disagreement"]["gap"]),
+           "trained_max_abs_gap_dims": abs(trained["gap"]) if trained else None,
+           "agreeing_fraction": model["fraction_of_points_agreeing_statistically"]}
+    if "exact_consistency" in details:
+        out["exact_max_abs_gap_dims"] = abs(details["exact_consistency"]["largest_disagreement"]["gap"])
+        err = details["model_vs_exact_within_training_range"]["max_abs_d_eff_eq11_error_over_d"]
+        out["d_eff_max_abs_err_dims"] = err * d
+    return out
+
+
+D_EFF_COLUMNS = ("d_eff_eq11", "d_eff_eq12", "exact_d_eff_eq11", "exact_d_eff_population")
+
+
+def d_eff_table(df):
+    """The test-average curve of d_eff against t (a DVC plot): columns ``t`` and
+    :data:`D_EFF_COLUMNS` (dimensions; empty where there is no exact density)."""
+    avg = df[df["kind"] == "average"].sort_values("t")
+    out = avg[["t"]].copy()
+    for col in D_EFF_COLUMNS:
+        out[col] = avg[col] if col in avg else None
+    return out
+
+
 def dimensionality_from_params(cfg: dict, model, norm, data, examples, out: dict, device=None) -> dict:
     """`dsm dimensionality`: Figure 5's curves of the full energy model ``model`` (model.pt)
     normalized by ``norm`` (its JSON), for the reference images of ``examples`` and the
-    test-set average. ``out``: paths {curves (Parquet), metrics (JSON)}."""
+    test-set average. ``out``: paths {curves (Parquet), details (JSON), and optionally
+    metrics (headline JSON), d_eff (CSV)}. Returns the details."""
     import pandas as pd
 
     from dsm.analysis.denoising import training_t_range
@@ -309,7 +355,15 @@ def dimensionality_from_params(cfg: dict, model, norm, data, examples, out: dict
             "curve": str(inside["curve"].iloc[k]),
             "max_abs_logp_error_db": float(np.abs(inside["logp_db_per_dim"]
                                                   - inside["exact_logp_db_per_dim"]).max())}
-    write_json(out["metrics"], metrics)
+    write_json(out["details"], metrics)
+    if out.get("d_eff") is not None:
+        from dsm.io import write_text
+
+        write_text(out["d_eff"], d_eff_table(df).to_csv(index=False, float_format="%.8g"))
+    if out.get("metrics") is not None:
+        from dsm.headline import write_headline
+
+        write_headline(out["metrics"], headline(metrics, df["in_training_range"]))
     w = metrics["model_consistency"]["largest_disagreement"]
     print(f"dimensionality: largest |eq11 - eq12| = {abs(w['gap']):.3g} ({abs(w['gap_over_d']):.3g} d) "
           f"at t = {w['t']:.3g} ({w['curve']}) -> {out['curves']}", file=sys.stderr)

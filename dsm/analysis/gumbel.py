@@ -8,8 +8,9 @@ Input: one numeric column of a per-image table (default ``logp_db_per_dim`` of
   density ``exp(-(z + e^{-z})) / scale``, ``z = (x - loc) / scale``) by maximum likelihood;
   ``loc`` and ``scale`` are in the column's unit. [paper] grayscale ImageNet64, 50k test
   images: loc 9.57, scale 3.17 dB/dim.
-* **Intervals.** 95 % percentile-bootstrap intervals of loc and scale: ``resamples``
-  resamples of the images with replacement, drawn from ``numpy.random.default_rng(seed)``.
+* **Intervals.** 95 % percentile-bootstrap intervals of loc, scale and the sample mean:
+  ``resamples`` resamples of the images with replacement, drawn from
+  ``numpy.random.default_rng(seed)``.
 * **Rivals.** The same maximum-likelihood fit of ``gumbel_l`` (left-skewed), ``norm`` and
   ``skewnorm``, each with its log-likelihood, ``AIC = 2 k - 2 log L`` (k = 2, 2, 2, 3
   parameters) and the Kolmogorov-Smirnov statistic ``sup |F_n - F|`` against the fitted
@@ -18,16 +19,21 @@ Input: one numeric column of a per-image table (default ``logp_db_per_dim`` of
 * **Summary.** The sample mean is an entropy estimate, with a sign: on log p columns
   ``entropy = -mean log p``; as the test images come from p and log p is the model's, it
   estimates the cross-entropy H(p, p_model) >= H(p) (equal for a perfect model). In dB/dim
-  ``entropy_db_per_dim = -mean(logp_db_per_dim)``: negative when the density exceeds 1 on
-  average (images concentrated in [0, 1]^d); [paper] -11.4 dB/dim, range (max - min)
-  34.4 dB/dim. In the 8-bit convention ``entropy_bits_per_dim_8bit = 8 + H / (d ln 2)``
-  with H in nats (H/d = -ln(10)/10 · mean log p in dB/dim).
+  it is ``-mean(logp_db_per_dim)``: negative when the density exceeds 1 on average (images
+  concentrated in [0, 1]^d); [paper] -11.4 dB/dim, range (max - min) 34.4 dB/dim. In the
+  8-bit convention ``8 + H / (d ln 2)`` bits/dim with H in nats (H/d = -ln(10)/10 · mean
+  log p in dB/dim): the test set's mean NLL.
 
 Units follow the column's name: ``*db_per_dim`` (log p, dB/dim), ``*nats_per_dim`` and
 ``*bits_per_dim`` (-log p per dimension; bits/dim in the 8-bit convention) and
 ``*energy_nats`` (-log p in nats, converted per dimension with the table's ``d``); other
-columns are fitted as they are, without entropy conversions. Metric keys carry the unit:
-``loc_db_per_dim``, ``scale_db_per_dim``, ...
+columns are fitted as they are, without entropy conversions.
+
+Outputs (``dsm gumbel``): the **headline numbers** (DVC metrics), a directory of one file
+per quantity sharing their keys, so ``dvc metrics show`` prints them as a table: ``loc``,
+``scale``, ``entropy`` ``{estimate, ci95_lo, ci95_hi}`` and ``nll`` ``{estimate}``, the keys
+carrying the unit (``estimate_db_per_dim``, ``estimate_bits_per_dim``); and the **details**
+JSON (every family's fit, AIC, KS, ``best_by_aic``, the bootstrap, quantiles, provenance).
 
 Bad input (no file, not Parquet, missing or non-numeric column, any NaN or infinite
 value, fewer than 10 values, no spread) is a :class:`DsmError` naming the file and column.
@@ -163,22 +169,26 @@ def fit_gumbel(x: np.ndarray) -> tuple[float, float]:
 
 
 def bootstrap_gumbel(x: np.ndarray, resamples: int, seed: int, level: float = LEVEL) -> dict:
-    """Percentile-bootstrap intervals of the gumbel_r loc and scale: ``{"loc": [lo, hi],
-    "scale": [lo, hi], "resamples", "seed", "level"}``; the images are resampled with
-    replacement, ``resamples`` times, from ``numpy.random.default_rng(seed)``."""
+    """Percentile-bootstrap intervals of the gumbel_r loc and scale, and of the sample mean:
+    ``{"loc": [lo, hi], "scale": [lo, hi], "mean": [lo, hi], "resamples", "seed", "level"}``;
+    the images are resampled with replacement, ``resamples`` times, from
+    ``numpy.random.default_rng(seed)``."""
     from scipy import stats
 
     if int(resamples) < 2:
         raise DsmError(f"gumbel.bootstrap: need at least 2 resamples, got {resamples}")
     rng = np.random.default_rng(int(seed))
     n = len(x)
-    est = np.empty((int(resamples), 2))
+    est = np.empty((int(resamples), 3))
     for b in range(int(resamples)):
-        est[b] = stats.gumbel_r.fit(x[rng.integers(0, n, n)])
+        sample = x[rng.integers(0, n, n)]
+        est[b, :2] = stats.gumbel_r.fit(sample)
+        est[b, 2] = sample.mean()
     q = [(1 - level) / 2, 1 - (1 - level) / 2]
     lo_hi = np.quantile(est, q, axis=0)
     return {"loc": [float(lo_hi[0, 0]), float(lo_hi[1, 0])],
             "scale": [float(lo_hi[0, 1]), float(lo_hi[1, 1])],
+            "mean": [float(lo_hi[0, 2]), float(lo_hi[1, 2])],
             "resamples": int(resamples), "seed": int(seed), "level": level, "method": "percentile"}
 
 
@@ -193,14 +203,16 @@ def gumbel_density(x, loc: float, scale: float) -> np.ndarray:
 
 def summarize(x: np.ndarray, column: str = LOGP, resamples: int = 1000, seed: int = 0,
               d: int | None = None) -> tuple[dict, dict]:
-    """``(metrics, details)`` of a checked sample ``x`` of ``column``.
+    """``(headline, details)`` of a checked sample ``x`` of ``column``.
 
-    metrics (few numbers, flat for ``dvc metrics show``, unit in the key): n_images,
-    loc_<u>, scale_<u>, the bounds of their 95 % intervals loc_ci95_lo_<u>, loc_ci95_hi_<u>,
-    scale_ci95_lo_<u>, scale_ci95_hi_<u>, log_likelihood, best_by_aic, aic_margin,
-    mean_<u>, range_<u>, and where the unit allows entropy_db_per_dim and
-    entropy_bits_per_dim_8bit. details: every family's fit (fits), the bootstrap settings,
-    the entropy in nats/dim, quantiles, conventions in words.
+    headline (the DVC metrics: one row per quantity, the keys carry the column's unit
+    ``<u>``): ``loc`` and ``scale`` of the gumbel_r fit, each ``{estimate_<u>, ci95_lo_<u>,
+    ci95_hi_<u>}`` (95 % percentile bootstrap); where the unit allows, ``entropy``
+    ``{estimate_db_per_dim, ci95_lo_db_per_dim, ci95_hi_db_per_dim}`` (-mean log p, its
+    interval from the same resamples) and ``nll`` ``{estimate_bits_per_dim}`` (the same
+    entropy in bits/dim of the 8-bit convention: the test set's mean NLL).
+    details: n_images, every family's fit (fits), best_by_aic and aic_margin, the bootstrap,
+    the sample's mean, range and quantiles, the entropy in every unit, conventions in words.
     """
     x = check_values(_frame(column, x), column)
     unit = column_unit(column)
@@ -210,49 +222,48 @@ def summarize(x: np.ndarray, column: str = LOGP, resamples: int = 1000, seed: in
     g = fits["gumbel_r"]
     ranked = sorted(fits, key=lambda n: fits[n]["aic"])
     mean, sd = float(np.mean(x)), float(np.std(x, ddof=1))
-    metrics = {
-        "column": column, "unit": unit["label"], "n_images": int(len(x)),
-        f"loc_{u}": g["params"]["loc"], f"scale_{u}": g["params"]["scale"],
-        f"loc_ci95_lo_{u}": boot["loc"][0], f"loc_ci95_hi_{u}": boot["loc"][1],
-        f"scale_ci95_lo_{u}": boot["scale"][0], f"scale_ci95_hi_{u}": boot["scale"][1],
-        "log_likelihood": g["log_likelihood"],
-        "best_by_aic": ranked[0], "aic_margin": fits[ranked[1]]["aic"] - fits[ranked[0]]["aic"],
-        f"mean_{u}": mean, f"range_{u}": float(np.ptp(x)),
-    }
+    headline = {name: {f"estimate_{u}": g["params"][name], f"ci95_lo_{u}": boot[name][0],
+                       f"ci95_hi_{u}": boot[name][1]} for name in ("loc", "scale")}
     details = {
         "column": column, "unit": unit["label"], "n_images": int(len(x)),
         "gumbel_r": {"loc": g["params"]["loc"], "scale": g["params"]["scale"],
                      "loc_ci95": boot["loc"], "scale_ci95": boot["scale"],
                      "mean": g["params"]["loc"] + float(np.euler_gamma) * g["params"]["scale"],
                      "log_likelihood": g["log_likelihood"]},
+        "best_by_aic": ranked[0], "aic_margin": fits[ranked[1]]["aic"] - fits[ranked[0]]["aic"],
         "bootstrap": boot, "fits": fits, "ranking_by_aic": ranked,
-        "sample": {"mean": mean, "sd": sd, "se_mean": sd / math.sqrt(len(x)),
+        "sample": {"mean": mean, "sd": sd, "se_mean": sd / math.sqrt(len(x)), "mean_ci95": boot["mean"],
                    "min": float(x.min()), "max": float(x.max()), "range": float(np.ptp(x)),
                    "quantiles": {str(q): float(np.quantile(x, q)) for q in QUANTILES}},
         "conventions": {
             "gumbel_r": "maximum-likelihood scipy.stats.gumbel_r (right-skewed); loc and scale in the column's unit",
-            "aic": "2 k - 2 log L, log L in nats summed over images; smaller is better",
+            "aic": "2 k - 2 log L, log L in nats summed over images; smaller is better; aic_margin: the "
+                   "runner-up's AIC minus the best's",
             "ks_statistic": "sup |empirical cdf - fitted cdf| (parameters fitted to the same sample: a distance, not a test)",
             "log_likelihood": "sum over images of the fitted density's log (nats), density per unit of the column",
+            "intervals": "95 % percentile bootstrap over images (bootstrap.resamples resamples)",
         },
     }
     to_nats = unit["to_nats"]
     h = None if to_nats is None else to_nats(mean, d)
     if h is not None:
         h = float(h)
-        sign = ("entropy = -mean (the column is log p)" if unit["kind"] == "logp"
-                else "entropy = mean (the column is -log p)")
-        metrics.update(entropy_db_per_dim=10.0 * h / LN10, entropy_bits_per_dim_8bit=8.0 + h / LN2,
-                       entropy_sign=sign)
+        # the conversion is affine, so the interval's ends map to the interval of the entropy
+        ends = sorted(10.0 * float(to_nats(v, d)) / LN10 for v in boot["mean"])
+        headline["entropy"] = {"estimate_db_per_dim": 10.0 * h / LN10, "ci95_lo_db_per_dim": ends[0],
+                               "ci95_hi_db_per_dim": ends[1]}
+        headline["nll"] = {"estimate_bits_per_dim": 8.0 + h / LN2}
         details["entropy"] = {
-            "db_per_dim": 10.0 * h / LN10, "nats_per_dim": h, "bits_per_dim_8bit": 8.0 + h / LN2,
+            "db_per_dim": 10.0 * h / LN10, "ci95_db_per_dim": ends, "nats_per_dim": h,
+            "bits_per_dim_8bit": 8.0 + h / LN2,
             "sign": ("entropy = -mean log p (a differential entropy: negative when the density "
                      "exceeds 1 on average); in dB/dim it is -mean(logp_db_per_dim)"),
             "estimates": ("the cross-entropy H(p, p_model) >= H(p) when log p is a model's and the "
                           "images are samples of p (equality for a perfect model)"),
-            "bits_per_dim_8bit_convention": "8 + H / (d ln 2): the discrete 8-bit convention (bins of width 1/256)",
+            "bits_per_dim_8bit_convention": ("8 + H / (d ln 2): the discrete 8-bit convention (bins of "
+                                             "width 1/256); the test set's mean NLL"),
         }
-    return metrics, details
+    return headline, details
 
 
 def _frame(column, x):
@@ -267,10 +278,12 @@ def default_details_path(out) -> Path:
 
 
 def gumbel_from_params(cfg: dict, logp, out, details=None, column: str = LOGP) -> dict:
-    """`dsm gumbel`: fit ``column`` of the table ``logp``; write the metrics JSON ``out`` (few
-    numbers, DVC metrics) and the full report ``details`` (default: OUT-details.json beside
-    it). Params: ``gumbel.bootstrap`` (resamples), ``gumbel.seed``. Nothing is written when
-    the input is bad."""
+    """`dsm gumbel`: fit ``column`` of the table ``logp``; write the headline numbers as the
+    directory ``out`` (DVC metrics: ``loc.json``, ``scale.json``, ``entropy.json``,
+    ``nll.json``, one row each) and the full report ``details`` (default: OUT-details.json
+    beside it). Params: ``gumbel.bootstrap`` (resamples), ``gumbel.seed``. Nothing is
+    written when the input is bad. Returns the details."""
+    from dsm.headline import write_json_dir
     from dsm.io import code_version, sha256_file, write_json
 
     g = (cfg or {}).get("gumbel") or {}
@@ -279,7 +292,7 @@ def gumbel_from_params(cfg: dict, logp, out, details=None, column: str = LOGP) -
     d = None
     if "d" in table.columns and table["d"].nunique() == 1:
         d = int(table["d"].iloc[0])
-    metrics, report = summarize(x, column, resamples, seed, d)
+    headline, report = summarize(x, column, resamples, seed, d)
     prov = {"source": str(logp), "source_sha256": sha256_file(logp), "code_version": code_version()}
     for key in ("dataset", "checkpoint_sha256"):
         if key in table.columns and table[key].nunique() == 1:
@@ -287,15 +300,14 @@ def gumbel_from_params(cfg: dict, logp, out, details=None, column: str = LOGP) -
     if d is not None:
         prov["d"] = d
     details = Path(details) if details is not None else default_details_path(out)
-    write_json(details, {**report, "provenance": prov})
-    write_json(out, {**metrics, "dataset": prov.get("dataset")})
-    u = column_unit(column)["suffix"]
-    m = {k[: -len(u) - 1]: v for k, v in metrics.items() if k.endswith("_" + u)}
-    entropy = f", entropy {m['entropy']:.4g}" if "entropy" in m else ""
-    print(f"gumbel: loc {m['loc']:.4g} [{m['loc_ci95_lo']:.4g}, {m['loc_ci95_hi']:.4g}], scale "
-          f"{m['scale']:.4g} [{m['scale_ci95_lo']:.4g}, {m['scale_ci95_hi']:.4g}] {metrics['unit']} "
+    report = {**report, "dataset": prov.get("dataset"), "provenance": prov}
+    write_json(details, report)
+    write_json_dir(out, headline)
+    fit, s = report["gumbel_r"], report["sample"]
+    entropy = f", entropy {report['entropy']['db_per_dim']:.4g} dB/dim" if "entropy" in report else ""
+    print(f"gumbel: loc {fit['loc']:.4g} [{fit['loc_ci95'][0]:.4g}, {fit['loc_ci95'][1]:.4g}], scale "
+          f"{fit['scale']:.4g} [{fit['scale_ci95'][0]:.4g}, {fit['scale_ci95'][1]:.4g}] {report['unit']} "
           f"(95 % bootstrap, {resamples} resamples); "
-          f"mean {m['mean']:.4g}{entropy}; best by AIC: {metrics['best_by_aic']} "
-          f"(margin {metrics['aic_margin']:.3g}) -> {out}", file=sys.stderr)
-    return metrics
-
+          f"mean {s['mean']:.4g}{entropy}; best by AIC: {report['best_by_aic']} "
+          f"(margin {report['aic_margin']:.3g}) -> {out}, {details}", file=sys.stderr)
+    return report

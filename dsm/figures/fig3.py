@@ -1,10 +1,14 @@
 """Figure 3: the distribution of log p over the test set, its Gumbel fit, and images along it.
 
 Plotting only. Reads the full model's per-image table of the whole test set
-(``results/<scale>/full/logp-test.parquet``), the Gumbel fit (``dsm gumbel``:
-``results/<scale>/full/gumbel.json``), the reference images (``dsm examples``:
+(``results/<scale>/full/logp-test.parquet``), the Gumbel fit (``dsm gumbel``'s details:
+``results/<scale>/full/gumbel-details.json``), the reference images (``dsm examples``:
 ``examples.json``), the probes (``dsm probes``: ``probes.json``) and the prepared store
-(for the pixels).
+(for the pixels). Beside the PDF it writes the histogram it draws as a CSV (a DVC plot):
+one row per bin, ``logp_db_per_dim`` (the bin's centre), ``bin_lo``, ``bin_hi``, ``density``
+(the test images' histogram, per dB/dim, integrating to 1), ``gumbel_density`` (the fitted
+Gumbel's probability of the bin divided by its width: the fit on the histogram's footing)
+and on an exact source ``exact_density`` (the histogram of the exact log p), else empty.
 
 Layout (the paper's Figure 3): below, the histogram of log p in dB/dim (a density: the
 bars integrate to 1) with the fitted ``gumbel_r`` density; on a source with an exact
@@ -56,10 +60,40 @@ def _limits(values, probes, lim):
     return lo, hi
 
 
-def plot_fig3(values, gumbel: dict, items: list[dict], p: dict, path, exact=None, title=None) -> None:
-    """values: test log p (dB/dim); gumbel: the metrics of `dsm gumbel` (loc/scale in dB/dim);
+def histogram_bins(values, items: list[dict], p: dict, exact=None) -> np.ndarray:
+    """The bin edges of Figure 3 (``figures.fig3.bins`` bins between the limits of
+    :func:`_limits`: the data, exact values included, and the probes near it)."""
+    values = np.asarray(values, np.float64)
+    data_values = values if exact is None else np.concatenate([values, np.asarray(exact, np.float64)])
+    lo, hi = _limits(data_values, [it["logp"] for it in items if it["probe"]], p["lim"])
+    return np.linspace(lo, hi, int(p["bins"]) + 1)
+
+
+def histogram_table(values, bins, loc: float, scale: float, exact=None):
+    """The histogram of Figure 3 as a table (pandas DataFrame, one row per bin): centre
+    ``logp_db_per_dim``, ``bin_lo``, ``bin_hi``, ``density`` (values clipped to the bins, as
+    drawn), ``gumbel_density`` = (F(bin_hi) - F(bin_lo)) / width of the fitted gumbel_r,
+    ``exact_density`` (None without ``exact``)."""
+    import pandas as pd
+    from scipy import stats
+
+    bins = np.asarray(bins, np.float64)
+    lo, hi = bins[0], bins[-1]
+    dens = np.histogram(np.clip(values, lo, hi), bins=bins, density=True)[0]
+    cdf = stats.gumbel_r.cdf(bins, loc=loc, scale=scale)
+    out = pd.DataFrame({"logp_db_per_dim": 0.5 * (bins[1:] + bins[:-1]), "bin_lo": bins[:-1],
+                        "bin_hi": bins[1:], "density": dens, "gumbel_density": np.diff(cdf) / np.diff(bins)})
+    out["exact_density"] = (np.histogram(np.clip(exact, lo, hi), bins=bins, density=True)[0]
+                            if exact is not None else None)
+    return out
+
+
+def plot_fig3(values, gumbel: dict, items: list[dict], p: dict, path, exact=None, title=None,
+              bins=None) -> None:
+    """values: test log p (dB/dim); gumbel: the details of `dsm gumbel` (fit in dB/dim);
     items: images of the top row, each {"image": (C,H,W), "logp": dB/dim, "label": str,
-    "probe": bool}, drawn in order of log p; exact: exact log p of the same test images or None."""
+    "probe": bool}, drawn in order of log p; exact: exact log p of the same test images or
+    None; bins: the edges (default :func:`histogram_bins`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,18 +101,19 @@ def plot_fig3(values, gumbel: dict, items: list[dict], p: dict, path, exact=None
     from matplotlib.patches import ConnectionPatch
 
     values = np.asarray(values, np.float64)
-    data_values = values if exact is None else np.concatenate([values, exact])
-    lo, hi = _limits(data_values, [it["logp"] for it in items if it["probe"]], p["lim"])
+    if bins is None:
+        bins = histogram_bins(values, items, p, exact)
+    lo, hi = float(bins[0]), float(bins[-1])
     fig = plt.figure(figsize=(7.2, 5.2))
     ax = fig.add_axes([0.08, 0.25, 0.9, 0.42])
-    bins = np.linspace(lo, hi, int(p["bins"]) + 1)
     ax.hist(np.clip(values, lo, hi), bins=bins, density=True, color="tab:blue", alpha=0.55,
             label=f"model, {len(values):,} test images")
     if exact is not None:
         ax.hist(np.clip(exact, lo, hi), bins=bins, density=True, histtype="step", color="0.25", lw=1.0,
                 label="exact log p (same images)")
     grid = np.linspace(lo, hi, 600)
-    loc, scale = gumbel["loc_db_per_dim"], gumbel["scale_db_per_dim"]
+    fit = gumbel["gumbel_r"]
+    loc, scale = fit["loc"], fit["scale"]
     curve = gumbel_density(grid, loc, scale)
     ax.plot(grid, curve, color="tab:red", lw=1.4,
             label=f"Gumbel fit: loc {loc:.3g}, scale {scale:.3g} dB/dim")
@@ -89,12 +124,12 @@ def plot_fig3(values, gumbel: dict, items: list[dict], p: dict, path, exact=None
     ax.set_xlabel("log p (dB/dim)")
     ax.set_ylabel("density (per dB/dim)")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
-    g = {k[: -len("_db_per_dim")]: v for k, v in gumbel.items() if k.endswith("_db_per_dim")}
-    stats = [f"95 % intervals: loc [{g['loc_ci95_lo']:.3g}, {g['loc_ci95_hi']:.3g}], "
-             f"scale [{g['scale_ci95_lo']:.3g}, {g['scale_ci95_hi']:.3g}]" if "loc_ci95_lo" in g else "", f"best by AIC: {gumbel.get('best_by_aic')}",
-             f"mean log p {gumbel['mean_db_per_dim']:.3g} dB/dim"
-             + (f" (entropy {gumbel['entropy_db_per_dim']:.3g})" if "entropy_db_per_dim" in gumbel else ""),
-             f"range {gumbel['range_db_per_dim']:.3g}"]
+    sample = gumbel["sample"]
+    stats = [f"95 % intervals: loc [{fit['loc_ci95'][0]:.3g}, {fit['loc_ci95'][1]:.3g}], "
+             f"scale [{fit['scale_ci95'][0]:.3g}, {fit['scale_ci95'][1]:.3g}]", f"best by AIC: {gumbel.get('best_by_aic')}",
+             f"mean log p {sample['mean']:.3g} dB/dim"
+             + (f" (entropy {gumbel['entropy']['db_per_dim']:.3g})" if "entropy" in gumbel else ""),
+             f"range {sample['range']:.3g}"]
     fig.text(0.53, 0.025, "; ".join(t for t in stats if t), fontsize=7, ha="center")
     ax.tick_params(labelsize=8)
 
@@ -136,8 +171,9 @@ def _read_json(path, what: str) -> dict:
         raise DsmError(f"{path}: not valid JSON") from None
 
 
-def fig3_from_params(cfg: dict, logp, gumbel, examples, probes, data, out) -> None:
-    """`dsm fig3`: Figure 3 of the scale from the outputs of `dsm evaluate --full`, `dsm gumbel`,
+def fig3_from_params(cfg: dict, logp, gumbel, examples, probes, data, out, hist=None) -> None:
+    """`dsm fig3`: Figure 3 of the scale (PDF ``out``) and its histogram (CSV ``hist``, if
+    given) from the outputs of `dsm evaluate --full`, `dsm gumbel` (its details JSON),
     `dsm examples` and `dsm probes`."""
     import pandas as pd
 
@@ -149,9 +185,9 @@ def fig3_from_params(cfg: dict, logp, gumbel, examples, probes, data, out) -> No
         raise DsmError(f"{path}: per-image table not found (run `dsm evaluate --full`)")
     table = pd.read_parquet(path)
     values = check_values(table, LOGP, str(path))
-    g = _read_json(gumbel, "Gumbel fit (run `dsm gumbel`)")
-    if g.get("column") != LOGP or "loc_db_per_dim" not in g:
-        raise DsmError(f"{gumbel}: not a fit of {LOGP} (column {g.get('column')!r})")
+    g = _read_json(gumbel, "Gumbel fit details (run `dsm gumbel`)")
+    if g.get("column") != LOGP or "gumbel_r" not in g or "sample" not in g:
+        raise DsmError(f"{gumbel}: not the details of a Gumbel fit of {LOGP} (column {g.get('column')!r})")
     ex = _read_json(examples, "reference images (run `dsm examples`)")
     pr = _read_json(probes, "probes (run `dsm probes`)")
     test = open_store(data, "test")
@@ -176,7 +212,13 @@ def fig3_from_params(cfg: dict, logp, gumbel, examples, probes, data, out) -> No
     dataset = str(table["dataset"].iloc[0]) if "dataset" in table.columns else ""
     title = (f"{dataset} ({cfg.get('name', '')}): log p of the {len(values):,} test images under the full model "
              f"({test.shape[0]}×{test.shape[1]}×{test.shape[2]})")
-    plot_fig3(values, g, items, p, out, exact=exact, title=title)
+    bins = histogram_bins(values, items, p, exact)
+    if hist is not None:
+        from dsm.io import write_text
+
+        table = histogram_table(values, bins, g["gumbel_r"]["loc"], g["gumbel_r"]["scale"], exact)
+        write_text(hist, table.to_csv(index=False, float_format="%.8g"))
+    plot_fig3(values, g, items, p, out, exact=exact, title=title, bins=bins)
 
 
 def _probe_item(name: str, image, block: dict) -> dict:

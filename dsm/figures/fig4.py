@@ -1,7 +1,7 @@
 """Figure 4: log p under changes of contrast and brightness, and log p against sparsity.
 
 Plotting only; reads ``results/<scale>/fig4/{affine.parquet, sparsity.parquet,
-metrics.json}`` (:mod:`dsm.analysis.contrast`, where the convention
+details.json}`` (:mod:`dsm.analysis.contrast`, where the convention
 T_{a,b}(x) = a (x − x̄) + b is defined).
 
 Left: log p(T_{a,b}(x)) (dB/dim) over log contrast a and brightness b for one reference
@@ -33,7 +33,7 @@ def _read(path, what):
     return pd.read_parquet(path) if path.suffix == ".parquet" else json.loads(path.read_text())
 
 
-def plot_fig4(affine, sparsity, metrics: dict, path, title: str = "") -> None:
+def plot_fig4(affine, sparsity, details: dict, path, title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,11 +69,11 @@ def plot_fig4(affine, sparsity, metrics: dict, path, title: str = "") -> None:
     axm.set_xscale("log")
     axm.set_xlabel("contrast a")
     axm.set_ylabel("log p (dB/dim)")
-    axm.set_title(f"b = {metrics.get('slice_brightness', 0.5):g}" + (" (dotted: exact)" if exact else ""),
+    axm.set_title(f"b = {details.get('slice_brightness', 0.5):g}" + (" (dotted: exact)" if exact else ""),
                   fontsize=8)
     axm.legend(fontsize=6, loc="lower left")
 
-    s = (metrics.get("sparsity") or {})
+    s = (details.get("sparsity") or {})
     axr.scatter(sparsity["participation_ratio"], sparsity["logp_db_per_dim"], s=3, lw=0, alpha=0.6,
                 color="tab:blue", rasterized=True, label="model")
     if sparsity["exact_logp_db_per_dim"].notna().any():
@@ -100,8 +100,8 @@ def plot_fig4(affine, sparsity, metrics: dict, path, title: str = "") -> None:
     save_figure(fig, path)
 
 
-def fig4_from_params(cfg: dict, affine, sparsity, metrics, out) -> None:
-    """`dsm fig4`: the figure from the tables of `dsm contrast`."""
-    m = _read(metrics, "metrics")
+def fig4_from_params(cfg: dict, affine, sparsity, details, out) -> None:
+    """`dsm fig4`: the figure from the tables and details of `dsm contrast`."""
+    m = _read(details, "details")
     title = f"{m.get('dataset') or ''} ({cfg.get('name', '')}): full energy model; {m.get('convention', '')}"
     plot_fig4(_read(affine, "contrast table"), _read(sparsity, "sparsity table"), m, out, title=title)

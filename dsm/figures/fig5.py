@@ -1,7 +1,7 @@
 """Figure 5 (right): E[log p(y, t) | x] and the effective dimensionality against the noise
 variance t, for the reference images and the test-set average.
 
-Plotting only; reads ``results/<scale>/fig5/curves.parquet`` and ``metrics.json``
+Plotting only; reads ``results/<scale>/fig5/curves.parquet`` and ``details.json``
 (:mod:`dsm.analysis.dimensionality`) and the reference images for the thumbnails.
 
 Layout: a row of the reference images (framed in their curves' colours, lowest log p
@@ -42,7 +42,7 @@ def ref_colors(n: int):
     return [cmap(v) for v in np.linspace(0.05, 0.85, max(n, 1))]
 
 
-def plot_fig5(df, metrics: dict, thumbnails: dict, path, title: str = "") -> None:
+def plot_fig5(df, details: dict, thumbnails: dict, path, title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +84,7 @@ def plot_fig5(df, metrics: dict, thumbnails: dict, path, title: str = "") -> Non
         if name == "test average" and "exact_d_eff_population" in g and g["exact_d_eff_population"].notna().any():
             axr.plot(g["t"], g["exact_d_eff_population"], color="0.6", lw=3, alpha=0.5, zorder=0)
     axr.axhline(d, color="0.5", lw=0.8, ls=":")
-    t_range = (metrics or {}).get("training_t_range")
+    t_range = (details or {}).get("training_t_range")
     for ax in (axl, axr):
         ax.set_xscale("log")
         if t_range:       # where the network extrapolates
@@ -111,7 +111,7 @@ def plot_fig5(df, metrics: dict, thumbnails: dict, path, title: str = "") -> Non
             styles.append(Line2D([], [], color="0.6", lw=3, alpha=0.5, label="exact, population"))
     axr.legend(handles=styles, fontsize=7, loc="lower left")
     axl.legend(fontsize=7, loc="lower left")
-    w = (metrics or {}).get("model_consistency", {}).get("largest_disagreement")
+    w = (details or {}).get("model_consistency", {}).get("largest_disagreement")
     if w:
         axr.set_title(f"largest |eq.11 − eq.12| = {abs(w['gap']):.3g} at t = {w['t']:.2g} ({w['curve']})",
                       fontsize=8)
@@ -120,14 +120,14 @@ def plot_fig5(df, metrics: dict, thumbnails: dict, path, title: str = "") -> Non
     save_figure(fig, path)
 
 
-def fig5_from_params(cfg: dict, curves, metrics, data, out) -> None:
-    """`dsm fig5`: the figure from the curves of `dsm dimensionality`."""
+def fig5_from_params(cfg: dict, curves, details, data, out) -> None:
+    """`dsm fig5`: the figure from the curves and details of `dsm dimensionality`."""
     from dsm.analysis.reference import open_test_part
 
     df = read_curves(curves)
-    mpath = Path(metrics)
+    mpath = Path(details)
     if not mpath.is_file():
-        raise DsmError(f"{mpath}: metrics not found (run `dsm dimensionality`)")
+        raise DsmError(f"{mpath}: details not found (run `dsm dimensionality`)")
     m = json.loads(mpath.read_text())
     test = open_test_part(data)
     refs = df[df["kind"] == "reference"].drop_duplicates("curve")

@@ -11,7 +11,10 @@ read row by row, each labelled with its log p in dB/dim (on ``field`` also the e
   closest to evenly spaced values between the minimum and the maximum, no image twice
   (:func:`dsm.analysis.examples.select_examples` over the whole range).
 
-Ties in log p are broken by image_id, so the grids are reproducible. Each grid is drawn as
+Ties in log p are broken by image_id, so the grids are reproducible. Beside the PDFs a
+small JSON (``results/<scale>/fig678.json``, the numbers the report's captions quote) says
+per figure how many images it shows and its first and last image (index, id, log p; exact
+log p on ``field``), in reading order. Each grid is drawn as
 one mosaic image with the labels as text (one axes, so hundreds of images cost seconds);
 pixels clipped to [0, 1], gray for one channel, RGB for three.
 """
@@ -99,8 +102,17 @@ def plot_grid(images, logp, p: dict, path, title: str, exact=None) -> None:
     save_figure(fig, path)
 
 
-def fig678_from_params(cfg: dict, logp, data, highest, lowest, spaced) -> None:
-    """`dsm fig678`: Figures 6 (highest), 7 (lowest) and 8 (evenly spaced) as PDFs."""
+def _image(row, has_exact: bool) -> dict:
+    out = {"image_index": int(row["image_index"]), "image_id": str(row["image_id"]),
+           "logp_db_per_dim": float(row[LOGP])}
+    if has_exact:
+        out["exact_logp_db_per_dim"] = float(row[EXACT])
+    return out
+
+
+def fig678_from_params(cfg: dict, logp, data, highest, lowest, spaced, selection=None) -> None:
+    """`dsm fig678`: Figures 6 (highest), 7 (lowest) and 8 (evenly spaced) as PDFs, and the
+    JSON ``selection`` (if given): per figure its count and first and last image."""
     import pandas as pd
 
     from dsm.data.store import open_store
@@ -118,10 +130,18 @@ def fig678_from_params(cfg: dict, logp, data, highest, lowest, spaced) -> None:
     test = open_store(data, "test")
     has_exact = EXACT in table.columns and table[EXACT].notna().all()
     dataset = str(table["dataset"].iloc[0]) if "dataset" in table.columns else ""
+    shown = {"dataset": dataset, "n_test_images": len(table), "units": "log p in dB/dim",
+             "order": "reading order of the grid (row by row)"}
     for kind, out in zip(KINDS, (highest, lowest, spaced)):
         rows = select(table, kind, int(p["rows"]) * int(p["cols"]))
+        shown[kind] = {"count": len(rows), "first": _image(rows.iloc[0], has_exact),
+                       "last": _image(rows.iloc[-1], has_exact)}
         images = test.images(rows["image_index"].to_numpy(np.int64))
         title = (TITLES[kind].format(k=len(rows)) + " (dB/dim)\n"
                  + f"full model, {dataset} ({cfg.get('name', '')}), {len(table):,} test images")
         plot_grid(images, rows[LOGP].to_numpy(), p, out, title,
                   exact=rows[EXACT].to_numpy() if has_exact else None)
+    if selection is not None:
+        from dsm.io import write_json
+
+        write_json(selection, shown)

@@ -7,7 +7,11 @@ continuous pixels, exact density); on an 8-bit source it also evaluates the full
 conventions are :mod:`dsm.analysis.nll`'s. Written three ways, the same numbers:
 ``results/<scale>/table2.csv`` (one row per quantity, machine-readable),
 ``table2.md`` (Markdown, conventions as notes) and ``table2.tex`` (a LaTeX ``table`` with
-booktabs rules).
+booktabs rules); and the headline numbers (DVC metrics) as a directory
+``results/<scale>/table2_metrics/`` of one file per row that applies, named by the row's
+key (``model_8bit_shift``, ``model_dequantized``, ``exact_test``, ``exact_entropy``,
+``model_excess``), each ``{mean_bits_per_dim, se_bits_per_dim}`` (``dvc metrics show``
+prints them as the table).
 """
 
 from __future__ import annotations
@@ -88,9 +92,18 @@ def to_latex(rows, context: dict) -> str:
         "\\par\\smallskip\\footnotesize", " \\\\\n".join(foot), "\\end{table}", ""])
 
 
-def table2_from_params(cfg: dict, logp, data, model, norm, csv, md, tex, device=None) -> list[dict]:
-    """`dsm table2`: Table 2 of the scale as CSV, Markdown and LaTeX. The model and its norm
-    are evaluated only on an 8-bit source (dequantization, ``table2.*`` params)."""
+def headline(rows) -> dict:
+    """The headline numbers of Table 2: ``{row key: {mean_bits_per_dim, se_bits_per_dim}}``
+    for every row that applies (bits/dim of the row's convention; the excess has no shift)."""
+    return {r["key"]: {"mean_bits_per_dim": r["bits_per_dim"], "se_bits_per_dim": r["se_bits_per_dim"]}
+            for r in rows if r["applies"]}
+
+
+def table2_from_params(cfg: dict, logp, data, model, norm, csv, md, tex, metrics=None,
+                       device=None) -> list[dict]:
+    """`dsm table2`: Table 2 of the scale as CSV, Markdown and LaTeX, and its headline
+    numbers (directory ``metrics``, if given). The model and its norm are evaluated only on
+    an 8-bit source (dequantization, ``table2.*`` params)."""
     import pandas as pd
 
     from dsm.data.store import open_store
@@ -119,6 +132,10 @@ def table2_from_params(cfg: dict, logp, data, model, norm, csv, md, tex, device=
     write_text(csv, to_csv(rows))
     write_text(md, to_markdown(rows, context))
     write_text(tex, to_latex(rows, context))
+    if metrics is not None:
+        from dsm.headline import write_json_dir
+
+        write_json_dir(metrics, headline(rows))
     shown = ", ".join(f"{r['key']} {_num(r['bits_per_dim'])}" for r in rows)
     print(f"table2: bits/dim {shown} -> {csv}, {md}, {tex}", file=sys.stderr)
     return rows

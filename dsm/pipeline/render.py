@@ -178,8 +178,9 @@ def dvc_plots() -> list[dict]:
     out = []
     for s in STAGES.values():
         for p in s.plots:
+            y = list(p.y) if isinstance(p.y, tuple) else p.y
             out.append({p.id: {"template": plot_template(p), "x": p.x,
-                               "y": {_dvc(s, s.outputs[p.output]): p.y},
+                               "y": {_dvc(s, s.outputs[p.output]): y},
                                "title": p.title, "x_label": p.x_label, "y_label": p.y_label}})
     return out
 

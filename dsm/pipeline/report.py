@@ -38,6 +38,7 @@ METRIC_UNITS = {
     "_psnr_db": "dB (PSNR for a peak of 1)",
     "_dims": "dimensions",
     "pearson_r": "Pearson correlation (dimensionless)",
+    "spearman_rho": "Spearman rank correlation (dimensionless)",
     "_fraction": "fraction (dimensionless)",
     "_count": "count",
 }

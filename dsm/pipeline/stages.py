@@ -66,16 +66,18 @@ class Each:
 
 @dataclass(frozen=True)
 class Plot:
-    """A DVC plot (``dvc plots show``) of a stage's CSV output: column ``y`` against ``x``.
+    """A DVC plot (``dvc plots show``) of a stage's CSV output: column ``y`` against ``x``;
+    ``y`` a tuple of columns draws one line each (DVC tells them apart by dash pattern).
 
     ``template``: a DVC built-in template (linear, scatter, smooth, bar_horizontal, ...)
     or the name of a Vega-Lite template of the repository, ``workflow/plots/<name>.json``
-    (``logx``: log x axis; ``loglog``: both axes log)."""
+    (``logx``: log x axis; ``loglog``: both axes log; ``step``: a histogram, each line a
+    step at the midpoints between its x values)."""
 
     id: str
     output: str
     x: str
-    y: str
+    y: str | tuple[str, ...]
     title: str
     x_label: str
     y_label: str
@@ -169,14 +171,19 @@ FULL_SCORE_MODEL = "models/{scale}/full-score/model.pt"
 FULL_NORM = "results/{scale}/full/norm.json"
 FULL_LOGP = "results/{scale}/full/logp-test.parquet"
 EXAMPLES = "results/{scale}/full/examples.json"
-GUMBEL = "results/{scale}/full/gumbel.json"
+GUMBEL = "results/{scale}/full/gumbel"             # headline numbers: loc.json, scale.json, ...
+GUMBEL_DETAILS = "results/{scale}/full/gumbel-details.json"
 PROBES = "results/{scale}/full/probes.json"
 TABLE2 = {"csv": "results/{scale}/table2.csv", "md": "results/{scale}/table2.md",
           "tex": "results/{scale}/table2.tex"}
+TABLE2_METRICS = "results/{scale}/table2_metrics"
 FIG678 = {"highest": "figures/fig6.pdf", "lowest": "figures/fig7.pdf", "spaced": "figures/fig8.pdf"}
+FIG678_SELECTION = "results/{scale}/fig678.json"
 TABLE1 = "results/{scale}/table1"
+TABLE1_METRICS = TABLE1 + "_metrics"
 FIG5_DIR = "results/{scale}/fig5"
 FIG4_DIR = "results/{scale}/fig4"
+BIAS_METRICS = "results/{scale}/bias_metrics"
 FIG1_METRICS = "results/{scale}/fig1/metrics.json"
 FIG2_METRICS = "results/{scale}/fig2_metrics"
 FIG2_DETAILS = "results/{scale}/fig2_details.json"
@@ -189,6 +196,8 @@ REPORT_CATEGORIES = {
     "method": "1. Dual score matching",
     "generalization": "2. Generalization",
     "density": "3. The density of images",
+    "noise levels": "4. Across noise levels",
+    "bias": "5. Where the bias of log p comes from",
 }
 # DVC's built-in plot templates; any other Plot.template is workflow/plots/<name>.json
 DVC_TEMPLATES = ("linear", "simple", "scatter", "scatter_jitter", "smooth", "confusion",
@@ -270,9 +279,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage(
         name="gumbel", entry="dsm.analysis.gumbel", reads=("gumbel",),
         inputs={"logp": FULL_LOGP},
-        outputs={"gumbel": GUMBEL, "details": "results/{scale}/full/gumbel-details.json"},
+        outputs={"gumbel": GUMBEL, "details": GUMBEL_DETAILS}, directories=("gumbel",),
         args="{input.logp} --out {output.gumbel} --details {output.details}", resources="light",
-        doc="maximum-likelihood Gumbel fit of the test set's log p, with bootstrap intervals and rivals"),
+        doc="maximum-likelihood Gumbel fit of the test set's log p, with bootstrap intervals and rivals",
+        metrics=("gumbel",),
+        report=(Report("details", "gumbel.rst", "density", "Gumbel fit",
+                       data={"gumbel": GUMBEL, "details": GUMBEL_DETAILS}),)),
     Stage(
         name="probes", entry="dsm.analysis.probes",
         reads=("figures.fig3.noise_images", "figures.fig3.noise_seed", "resources.evaluate.threads"),
@@ -282,39 +294,59 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         doc="log p of uniform-noise images and of the constant 0.5 image under the full model (Figure 3)"),
     Stage(
         name="fig3", entry="dsm.figures.fig3", reads=("figures.fig3.bins", "figures.fig3.lim"),
-        inputs={"logp": FULL_LOGP, "gumbel": GUMBEL, "examples": EXAMPLES, "probes": PROBES, "data": IMAGES},
-        outputs={"pdf": "figures/fig3.pdf"},
+        inputs={"logp": FULL_LOGP, "gumbel": GUMBEL_DETAILS, "examples": EXAMPLES, "probes": PROBES,
+                "data": IMAGES},
+        outputs={"pdf": "figures/fig3.pdf", "hist": "results/{scale}/fig3/hist.csv"},
         args="--logp {input.logp} --gumbel {input.gumbel} --examples {input.examples}"
-             " --probes {input.probes} --data {input.data} --out {output.pdf}", resources="light",
-        doc="Figure 3: histogram of test log p with the Gumbel fit, probes and example images"),
+             " --probes {input.probes} --data {input.data} --out {output.pdf} --hist {output.hist}",
+        resources="light",
+        doc="Figure 3: histogram of test log p with the Gumbel fit, probes and example images",
+        plots=(Plot("fig3_hist", "hist", x="logp_db_per_dim", y=("density", "gumbel_density", "exact_density"),
+                    template="step",
+                    title="Figure 3: histogram of the test images' log p and the fitted Gumbel density",
+                    x_label="log p (dB/dim)",
+                    y_label="density (per dB/dim); the fit: its probability of each bin / width"),),
+        report=(Report("pdf", "fig3.rst", "density", "Figure 3",
+                       data={"gumbel": GUMBEL, "probes": PROBES}),)),
     Stage(
         name="fig678", entry="dsm.figures.fig678", reads=("figures.fig678",),
-        inputs={"logp": FULL_LOGP, "data": IMAGES}, outputs=dict(FIG678),
+        inputs={"logp": FULL_LOGP, "data": IMAGES}, outputs={**FIG678, "selection": FIG678_SELECTION},
         args="--logp {input.logp} --data {input.data} --highest {output.highest}"
-             " --lowest {output.lowest} --spaced {output.spaced}", resources="light",
-        doc="Figures 6-8: grids of the highest, lowest and evenly spaced log p test images"),
+             " --lowest {output.lowest} --spaced {output.spaced} --selection {output.selection}",
+        resources="light",
+        doc="Figures 6-8: grids of the highest, lowest and evenly spaced log p test images",
+        report=tuple(Report(kind, f"fig{k}.rst", "density", f"Figure {k}",
+                            data={"selection": FIG678_SELECTION})
+                     for k, kind in zip((6, 7, 8), FIG678))),
     Stage(
         name="table2", entry="dsm.figures.table2",
         reads=("table2", "evaluate.batch_size", "resources.evaluate.threads"),
         inputs={"logp": FULL_LOGP, "data": IMAGES, "model": FULL_MODEL, "norm": FULL_NORM},
-        outputs=dict(TABLE2),
+        outputs={**TABLE2, "metrics": TABLE2_METRICS}, directories=("metrics",),
         args="--logp {input.logp} --data {input.data} --model {input.model} --norm {input.norm}"
-             " --csv {output.csv} --md {output.md} --tex {output.tex}", resources="evaluate",
-        doc="Table 2: test-set NLL in bits/dim (8-bit shift, dequantization, exact entropy on field)"),
+             " --csv {output.csv} --md {output.md} --tex {output.tex} --metrics {output.metrics}",
+        resources="evaluate",
+        doc="Table 2: test-set NLL in bits/dim (8-bit shift, dequantization, exact entropy on field)",
+        metrics=("metrics",),
+        report=(Report("csv", "table2.rst", "density", "Table 2", data={"metrics": TABLE2_METRICS}),)),
     Stage(
         name="bias", entry="dsm.analysis.bias", reads=("bias", "resources.evaluate.threads"),
         inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES},
-        outputs={"table": "results/{scale}/bias.csv", "totals": "results/{scale}/bias.json"},
+        outputs={"table": "results/{scale}/bias.csv", "totals": "results/{scale}/bias.json",
+                 "metrics": BIAS_METRICS}, directories=("metrics",),
         args="--model {input.model} --norm {input.norm} --data {input.data}"
-             " --out {output.table} --totals {output.totals}",
+             " --out {output.table} --totals {output.totals} --metrics {output.metrics}",
         resources="evaluate", benchmark=True,
-        doc="bias budget of the full model against the exact density (field): where log p's error comes from"),
+        doc="bias budget of the full model against the exact density (field): where log p's error comes from",
+        metrics=("metrics",)),
     Stage(
         name="fig_bias", entry="dsm.figures.bias", subcommand="fig-bias", reads=(),
         inputs={"table": "results/{scale}/bias.csv", "totals": "results/{scale}/bias.json"},
         outputs={"pdf": "figures/bias.pdf"},
         args="--table {input.table} --totals {input.totals} --out {output.pdf}", resources="light",
-        doc="the bias budget figure"),
+        doc="the bias budget figure",
+        report=(Report("pdf", "bias.rst", "bias", "Bias budget",
+                       data={"metrics": BIAS_METRICS, "totals": "results/{scale}/bias.json"}),)),
     Stage(
         name="compare", entry="dsm.analysis.generalization", reads=("split", "seeds"),
         inputs={"tables": Each(LOGP, LOGP_DIR)},
@@ -355,47 +387,63 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         reads=("figures.table1", "resources.evaluate.threads"),
         inputs={"energy": FULL_MODEL, "score": FULL_SCORE_MODEL, "data": IMAGES},
         outputs={"csv": TABLE1 + ".csv", "md": TABLE1 + ".md", "tex": TABLE1 + ".tex",
-                 "json": TABLE1 + ".json"},
+                 "json": TABLE1 + ".json", "metrics": TABLE1_METRICS}, directories=("metrics",),
         args="--energy {input.energy} --score {input.score} --data {input.data} --out " + TABLE1,
         resources="evaluate", benchmark=True,
-        doc="Table 1: denoising PSNR of the energy and the score model across noise levels"),
+        doc="Table 1: denoising PSNR of the energy and the score model across noise levels",
+        metrics=("metrics",),
+        report=(Report("csv", "table1.rst", "noise levels", "Table 1", data={"metrics": TABLE1_METRICS}),)),
     Stage(
         name="dimensionality", entry="dsm.analysis.dimensionality",
         reads=("figures.fig5", "resources.evaluate.threads"),
         inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES, "examples": EXAMPLES},
-        outputs={"curves": FIG5_DIR + "/curves.parquet", "metrics": FIG5_DIR + "/metrics.json"},
+        outputs={"curves": FIG5_DIR + "/curves.parquet", "details": FIG5_DIR + "/details.json",
+                 "metrics": FIG5_DIR + "/metrics.json", "d_eff": FIG5_DIR + "/d_eff.csv"},
         args="--model {input.model} --norm {input.norm} --data {input.data} --examples {input.examples}"
-             " --curves {output.curves} --metrics {output.metrics}",
+             " --curves {output.curves} --details {output.details} --metrics {output.metrics}"
+             " --d-eff {output.d_eff}",
         resources="evaluate", benchmark=True,
-        doc="Figure 5's curves: E[log p(y,t)|x] and d_eff by eqs. 11 and 12 across t"),
+        doc="Figure 5's curves: E[log p(y,t)|x] and d_eff by eqs. 11 and 12 across t",
+        metrics=("metrics",),
+        plots=(Plot("fig5_d_eff", "d_eff", x="t",
+                    y=("d_eff_eq11", "d_eff_eq12", "exact_d_eff_eq11", "exact_d_eff_population"),
+                    template="logx",
+                    title="Figure 5: effective dimensionality of the test-average curve, eq. 11, eq. 12 and exact",
+                    x_label="noise variance t",
+                    y_label="effective dimensionality d_eff (dimensions)"),)),
     Stage(
         name="fig5", entry="dsm.figures.fig5", reads=(),
-        inputs={"curves": FIG5_DIR + "/curves.parquet", "metrics": FIG5_DIR + "/metrics.json",
+        inputs={"curves": FIG5_DIR + "/curves.parquet", "details": FIG5_DIR + "/details.json",
                 "data": IMAGES},
         outputs={"pdf": "figures/fig5.pdf"},
-        args="--curves {input.curves} --metrics {input.metrics} --data {input.data} --out {output.pdf}",
+        args="--curves {input.curves} --details {input.details} --data {input.data} --out {output.pdf}",
         resources="light",
-        doc="Figure 5 (right): log p and effective dimensionality against the noise level"),
+        doc="Figure 5 (right): log p and effective dimensionality against the noise level",
+        report=(Report("pdf", "fig5.rst", "noise levels", "Figure 5",
+                       data={"metrics": FIG5_DIR + "/metrics.json"}),)),
     Stage(
         name="contrast", entry="dsm.analysis.contrast",
         reads=("figures.fig4", "resources.evaluate.threads"),
         inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES, "examples": EXAMPLES,
                 "logp": FULL_LOGP},
         outputs={"affine": FIG4_DIR + "/affine.parquet", "sparsity": FIG4_DIR + "/sparsity.parquet",
-                 "metrics": FIG4_DIR + "/metrics.json"},
+                 "details": FIG4_DIR + "/details.json", "metrics": FIG4_DIR + "/metrics.json"},
         args="--model {input.model} --norm {input.norm} --data {input.data} --examples {input.examples}"
              " --logp {input.logp} --affine {output.affine} --sparsity {output.sparsity}"
-             " --metrics {output.metrics}",
+             " --details {output.details} --metrics {output.metrics}",
         resources="evaluate", benchmark=True,
-        doc="Figure 4's data: log p of a (x - mean) + b over contrast and brightness; log p vs sparsity"),
+        doc="Figure 4's data: log p of a (x - mean) + b over contrast and brightness; log p vs sparsity",
+        metrics=("metrics",)),
     Stage(
         name="fig4", entry="dsm.figures.fig4", reads=(),
         inputs={"affine": FIG4_DIR + "/affine.parquet", "sparsity": FIG4_DIR + "/sparsity.parquet",
-                "metrics": FIG4_DIR + "/metrics.json"},
+                "details": FIG4_DIR + "/details.json"},
         outputs={"pdf": "figures/fig4.pdf"},
-        args="--affine {input.affine} --sparsity {input.sparsity} --metrics {input.metrics} --out {output.pdf}",
+        args="--affine {input.affine} --sparsity {input.sparsity} --details {input.details} --out {output.pdf}",
         resources="light",
-        doc="Figure 4: contrast and brightness, and sparsity, against log p"),
+        doc="Figure 4: contrast and brightness, and sparsity, against log p",
+        report=(Report("pdf", "fig4.rst", "noise levels", "Figure 4",
+                       data={"metrics": FIG4_DIR + "/metrics.json"}),)),
     Stage(
         name="estimators", entry="dsm.analysis.estimators",
         reads=("estimators", "resources.evaluate.threads"),
