@@ -106,7 +106,9 @@ def test_headline_rows_and_their_standard_errors(field, tmp_path):
     assert h["predicted"]["err_db_per_dim"] == s["predicted_err_db"]
     assert h["time"]["se_db_per_dim"] > 0 and h["space"]["se_db_per_dim"] > 0
     assert h["predicted"]["se_db_per_dim"] == pytest.approx(s["direct_err_se_db"] / 2, rel=0.05)
-    assert h["norm"]["err_db_per_dim"] == pytest.approx(0.0, abs=1e-12)        # c = 0 is its constant
+    # both densities are normalized (c = 0 is the wrong one's constant): what is left at T is
+    # their difference there, small as noise swamps the spectra
+    assert h["norm"]["err_db_per_dim"] == pytest.approx(0.0, abs=1e-3)
     write_json_dir(tmp_path / "m", h)
     for f in (tmp_path / "m").iterdir():
         check_headline_file(f)

@@ -328,19 +328,20 @@ def test_corrupt_inputs_give_one_line_errors(smoke, tmp_path, capsys):
     logp.mkdir(parents=True)
     shutil.copyfile(w / "logp.parquet", logp / "N1-A.parquet")
     _truncate(logp / "N1-A.parquet")
-    rc, err = cli(capsys, "compare", *S, "--logp", tmp_path / "logp", "--out", tmp_path / "m.json")
+    rc, err = cli(capsys, "compare", *S, "--logp", tmp_path / "logp", "--metrics", tmp_path / "m",
+                  "--details", tmp_path / "d.json")
     assert rc == 2 and "N1-A.parquet: cannot read Parquet" in one_line_error(err, "compare")
 
-    (tmp_path / "m.json").write_text('{"by_N": {"1": ')
-    rc, err = cli(capsys, "fig2", *S, "--logp", tmp_path / "logp", "--metrics", tmp_path / "m.json",
+    (tmp_path / "d.json").write_text('{"by_N": {"1": ')
+    rc, err = cli(capsys, "fig2", *S, "--logp", tmp_path / "logp", "--details", tmp_path / "d.json",
                   "--out", tmp_path / "f.pdf")
-    assert rc == 2 and "m.json: not valid JSON" in one_line_error(err, "fig2")
+    assert rc == 2 and "d.json: not valid JSON" in one_line_error(err, "fig2")
 
     (tmp_path / "norm.json").write_text('{"c_nats": 1.')
     rc, err = cli(capsys, "evaluate", *smoke["T"], "--model", w / "run/model.pt", "--norm",
                   tmp_path / "norm.json", "--out", tmp_path / "e.parquet")
     assert rc == 2 and "norm.json: not valid JSON" in one_line_error(err, "evaluate")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "logp", "m.json", "norm.json",
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "images", "logp", "norm.json",
                                                           "sp.parquet"]
 
 
@@ -376,7 +377,8 @@ def test_full_disk_is_a_one_line_error_naming_the_path(smoke, small_disk, tmp_pa
         for s in "AB":
             (logp / "seed0").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(w / "logp.parquet", logp / f"seed0/N{n}-{s}.parquet")
-    assert main([str(a) for a in ["compare", *S, "--logp", logp, "--out", tmp_path / "m.json"]]) == 0
+    assert main([str(a) for a in ["compare", *S, "--logp", logp, "--metrics", tmp_path / "m",
+                                   "--details", tmp_path / "d.json"]]) == 0
     if small_disk is None:
         def full(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -403,7 +405,7 @@ def test_full_disk_is_a_one_line_error_naming_the_path(smoke, small_disk, tmp_pa
                     f.write(b"\0" * 4096)
             except OSError as e:
                 assert e.errno == errno.ENOSPC
-    rc, err = cli(capsys, "fig2", *S, "--logp", logp, "--metrics", tmp_path / "m.json", "--out",
+    rc, err = cli(capsys, "fig2", *S, "--logp", logp, "--details", tmp_path / "d.json", "--out",
                   disk / "fig2.pdf")
     line = one_line_error(err, "fig2")
     assert rc == 2 and "no space left on the device of" in line and "fig2.pdf" in line
@@ -528,4 +530,4 @@ def test_bad_key_through_a_yaml_merge_names_both_sections(tmp_path):
     msg = str(e.value)
     assert msg.startswith(f"{tmp_path / 'params.yaml'}: scales.paper.evaluate.bogus (line {ev + 2}; ")
     assert "inherited by scales.fashion-mnist" in msg and "scales.fashion-mnist.evaluate.bogus" in msg
-    assert msg.endswith("unknown key (known: n_norm, batch_size, max_per_set, noise_seed)")
+    assert msg.endswith("unknown key (known: n_norm, batch_size, max_per_set, noise_seed, norm_entropy, norm_t)")

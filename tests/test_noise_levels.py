@@ -341,7 +341,7 @@ def test_fig5_headline_and_d_eff_table(tmp_path):
     details = {"d": 64, "model_consistency": dimensionality.curve_summary(df, 64, 0.01)}
     h = dimensionality.headline(details, df["in_training_range"])
     assert h["max_abs_gap_dims"] == 30.0 and h["trained_max_abs_gap_dims"] == 9.0
-    assert h["agreeing_fraction"] == pytest.approx(3 / 6)           # |gap| <= 3 SE at 0.5, -2, 1 ... and 0.5
+    assert h["agreeing_fraction"] == pytest.approx(4 / 6)           # |gap| <= 3 SE: 0.5, -2, 1, 0.5
     assert "exact_max_abs_gap_dims" not in h
     assert dimensionality.headline(details, np.ones(6, bool))["trained_max_abs_gap_dims"] == 30.0
     assert dimensionality.headline(details, np.zeros(6, bool))["trained_max_abs_gap_dims"] is None
@@ -356,7 +356,7 @@ def test_fig5_headline_and_d_eff_table(tmp_path):
     assert list(table["d_eff_eq11"]) == [-20.0, 11.0, 10.5] and table["exact_d_eff_eq11"].isna().all()
 
 
-def test_fig4_headline():
+def test_fig4_headline(tmp_path):
     from test_analysis import check_headline_file
 
     details = {"sparsity": {"model": {"n": 9, "pearson_r": -0.5, "spearman_rho": -0.4},
@@ -366,3 +366,5 @@ def test_fig4_headline():
                                           "exact_spearman_rho": -0.45, "affine_max_abs_err_db_per_dim": 0.7}
     real = {"sparsity": {"model": {"n": 2, "pearson_r": None, "spearman_rho": None}, "exact": None}}
     assert contrast.headline(real) == {"pearson_r": None, "spearman_rho": None}
+    (tmp_path / "m.json").write_text(json.dumps(contrast.headline(details)))
+    check_headline_file(tmp_path / "m.json")

@@ -32,7 +32,7 @@ def test_dvc_yaml_metrics_and_plots_come_from_the_table():
     assert set(plots) == {p.id for _, p in PLOTS} >= {"fig2_pearson_r", "fig2_rms"}
     for stage, p in PLOTS:
         spec = plots[p.id]
-        assert spec["y"] == {stage.outputs[p.output].replace("{scale}", "${run.name}"): p.y}
+        assert spec["y"] == {stage.outputs[p.output].replace("{scale}", "${run.name}"): list(p.y) if isinstance(p.y, tuple) else p.y}
         assert spec["x"] == p.x and spec["title"] and spec["x_label"] and spec["y_label"]
         assert spec["template"] == plot_template(p)
     # Figure 2's curves: log x (N), and log y for the RMS that spans decades

@@ -128,9 +128,11 @@ class Stage:
     # --- derived --------------------------------------------------------------------
     @property
     def wildcards(self) -> tuple[str, ...]:
-        found = set()
-        for p in self.outputs.values():
-            found |= set(_PLACEHOLDER.findall(p))
+        """The wildcards every output has; a placeholder that only some outputs have (the
+        scale of ``results/{scale}/fig3/hist.csv`` beside ``figures/fig3.pdf``) is filled
+        with the active scale, as in the outputs without it."""
+        sets = [set(_PLACEHOLDER.findall(p)) for p in self.outputs.values()]
+        found = set.intersection(*sets) if sets else set()
         return tuple(w for w in ("scale", *MODEL_WILDCARDS) if w in found)
 
     @property
