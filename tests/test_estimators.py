@@ -278,15 +278,13 @@ def test_summary_columns_from_known_numbers(tmp_path):
 # --- the pipeline stage at the smoke scale ------------------------------------------------
 
 @pytest.mark.slow
-def test_estimators_stage_builds_at_the_smoke_scale(tmp_path):
-    """`snakemake figures/estimators.pdf` at the smoke scale: prepare, the full model, its
-    normalization, the comparison and the figure; the exact rows recover the exact log p."""
+def test_estimators_stage_builds_at_the_smoke_scale(smoke_all):
+    """`snakemake all` at the smoke scale (tests/conftest.py) builds figures/estimators.pdf:
+    prepare, the full model, its normalization, the comparison and the figure; the exact
+    rows recover the exact log p."""
     import pandas as pd
 
-    from test_pipeline_util import copy_repo, snakemake
-
-    repo = copy_repo(tmp_path / "r")
-    snakemake(["figures/estimators.pdf", "--cores", "1", "--config", "scale=smoke"], repo)
+    repo = smoke_all
     assert (repo / "figures/estimators.pdf").read_bytes()[:5] == b"%PDF-"
     csv = pd.read_csv(repo / "results/smoke/estimators.csv")
     assert sorted(zip(csv.density, csv.estimator)) == sorted((d, e) for d in ("model", "exact") for e in ESTIMATORS)

@@ -60,11 +60,9 @@ def check_results(repo):
 
 
 @pytest.fixture(scope="module")
-def snakemake_run(tmp_path_factory):
-    """A git repo at the smoke scale where `snakemake all` ran."""
-    repo = copy_repo(tmp_path_factory.mktemp("smk") / "repo", scale=SCALE, git=True)
-    snakemake(["all", "--cores", "2"], repo, timeout=900)
-    return repo
+def snakemake_run(smoke_all):
+    """A git repo at the smoke scale where `snakemake all` ran (tests/conftest.py)."""
+    return smoke_all
 
 
 def test_snakemake_end_to_end(snakemake_run):
