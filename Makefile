@@ -25,7 +25,7 @@ report: figures
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --report report.html
 
 test: venv
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -ra tests
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -ra --durations=15 tests
 
 bench: venv
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/step_time.py

@@ -39,7 +39,7 @@ def test_outputs_exist(repo):
 
 def test_gumbel_against_the_table(repo):
     table = pd.read_parquet(repo / f"results/{SCALE}/full/logp-test.parquet")
-    m = {f.stem: json.loads(f.read_text()) for f in (repo / f"results/{SCALE}/full/gumbel").iterdir()}
+    m = {f.stem: json.loads(f.read_text()) for f in (repo / f"results/{SCALE}/full/gumbel").glob("*.json")}
     det = json.loads((repo / f"results/{SCALE}/full/gumbel-details.json").read_text())
     lp = table["logp_db_per_dim"].to_numpy()
     assert det["n_images"] == len(table) == 64

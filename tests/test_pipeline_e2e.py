@@ -91,14 +91,14 @@ def test_snakemake_builds_table1_and_figures_4_5_1(snakemake_run):
     assert isinstance(t1["claim"]["holds"], bool)
     assert (res / "table1.md").read_text().count("\n") == 6 and (res / "table1.tex").read_text().startswith("\\begin")
     assert len(pd.read_csv(res / "table1.csv")) == 3 * len(cfg["table1"]["psnr"])
-    f5 = json.loads((res / "fig5/metrics.json").read_text())
+    f5 = json.loads((res / "fig5/details.json").read_text())
     worst = f5["model_consistency"]["largest_disagreement"]
     assert {"gap", "gap_se", "t", "curve"} <= set(worst)
     assert f5["exact_consistency"]["fraction_of_points_agreeing_statistically"] >= 0.8
     curves = pd.read_parquet(res / "fig5/curves.parquet")
     n_ref = load_params(repo)["scales"][SCALE]["figures"]["examples"]["count"]
     assert len(curves) == (n_ref + 1) * cfg["fig5"]["points"]
-    f4 = json.loads((res / "fig4/metrics.json").read_text())
+    f4 = json.loads((res / "fig4/details.json").read_text())
     for who in ("model", "exact"):
         assert -1 <= f4["sparsity"][who]["pearson_r"] <= 1 and -1 <= f4["sparsity"][who]["spearman_rho"] <= 1
     affine = pd.read_parquet(res / "fig4/affine.parquet")
@@ -220,7 +220,15 @@ def test_dvc_metrics_are_headline_numbers_named_with_units(adopted):
     (data,) = [rev["data"] for rev in shown.values()]  # one revision (its key: "" or "workspace")
     files = set(data)
     ns = load_params(repo)["scales"][SCALE]["split"]["N"]
-    assert files == {f"results/{SCALE}/fig2_metrics/N{n}.json" for n in ns} | {f"results/{SCALE}/fig1/metrics.json"}
+    declared = set()
+    for m in METRICS:
+        path = repo / m.replace("{scale}", SCALE)
+        declared |= ({str(f.relative_to(repo)) for f in path.glob("*.json")} if path.is_dir()
+                     else {str(path.relative_to(repo))})
+    assert files == declared
+    assert {f"results/{SCALE}/fig2_metrics/N{n}.json" for n in ns} | {f"results/{SCALE}/fig1/metrics.json",
+            f"results/{SCALE}/full/gumbel/loc.json", f"results/{SCALE}/fig5/metrics.json",
+            f"results/{SCALE}/bias_metrics/direct.json"} <= files
     for f in files:
         check_headline_file(repo / f)
         values = {k: v for k, v in json.loads((repo / f).read_text()).items() if v is not None}
