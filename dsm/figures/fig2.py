@@ -76,7 +76,7 @@ def plot_fig2(pairs: dict, metrics: dict, p: dict, path, title: str | None = Non
     lo, hi = _limits(values, p["lim"])
     # With fixed limits, points beyond them are drawn on the panel's border (as the
     # memorizing models' log p of unseen images can be far below everything else).
-    inside = (lambda v: np.clip(np.asarray(v, np.float64), lo, hi)) if p["lim"] else np.asarray
+    clip = (lo, hi) if p["lim"] else None
     size = p["panel_size"]
     fig, axes = plt.subplots(rows, len(ns), figsize=(size * len(ns), size * rows + 0.4),
                              squeeze=False, sharex=True, sharey=True, constrained_layout=True)
@@ -84,26 +84,28 @@ def plot_fig2(pairs: dict, metrics: dict, p: dict, path, title: str | None = Non
     for j, n in enumerate(ns):
         df, m = pairs[n], by_n.get(str(n), {})
         ax = axes[0, j]
+        beyond = 0
         for s in SPLITS:
             d = df[df["image_set"] == s]
-            ax.scatter(inside(d["logp_a"]), inside(d["logp_b"]), s=p["point_size"], c=COLORS[s], lw=0,
-                       alpha=0.7, label=f"train {s}", rasterized=True, clip_on=False)
+            beyond += _scatter(ax, d["logp_a"], d["logp_b"], clip, s=p["point_size"], c=COLORS[s],
+                               label=f"train {s}")
         ax.plot([lo, hi], [lo, hi], "k-", lw=0.6)
         ax.set_title(f"N = {n:,}\nr = {_pm(m, 'pearson_r', '.4f')}, "
-                     f"RMS = {_pm(m, 'rms_db', '.3g')}", fontsize=7)
+                     f"RMS = {_pm(m, 'rms_db', '.3g')}{_beyond(beyond)}", fontsize=7)
         if j == 0:
             ax.set_ylabel("log p_B (dB/dim)")
             ax.legend(fontsize=6, markerscale=3, loc="upper left")
         ax.set_xlabel("log p_A (dB/dim)", fontsize=8)
         if exact:
             ax = axes[1, j]
+            beyond = 0
             for s, col in (("A", "logp_a"), ("B", "logp_b")):
                 d = df[df["image_set"] == s]
-                ax.scatter(inside(d["exact"]), inside(d[col]), s=p["point_size"], c=COLORS[s], lw=0, alpha=0.7,
-                           label=f"model {s}", rasterized=True, clip_on=False)
+                beyond += _scatter(ax, d["exact"], d[col], clip, s=p["point_size"], c=COLORS[s],
+                                   label=f"model {s}")
             ax.plot([lo, hi], [lo, hi], "k-", lw=0.6)
             ax.set_title(f"error mean {_pm(m, 'exact_mean_err_db', '.3g')}, "
-                         f"RMS {_pm(m, 'exact_rms_err_db', '.3g')}", fontsize=7)
+                         f"RMS {_pm(m, 'exact_rms_err_db', '.3g')}{_beyond(beyond)}", fontsize=7)
             ax.set_xlabel("exact log p (dB/dim)")
             if j == 0:
                 ax.set_ylabel("model log p (dB/dim)")
@@ -116,6 +118,24 @@ def plot_fig2(pairs: dict, metrics: dict, p: dict, path, title: str | None = Non
     if title:
         fig.suptitle(title, fontsize=9)
     save_figure(fig, path)
+
+
+def _scatter(ax, x, y, clip, *, s, c, label) -> int:
+    """Points (x, y); with ``clip = (lo, hi)``, those beyond the axes are drawn on the
+    panel's border as larger triangles (a memorizing model's log p can lie far outside
+    the range of everything else). Returns how many were beyond."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    out = np.zeros(len(x), bool) if clip is None else (
+        (x < clip[0]) | (x > clip[1]) | (y < clip[0]) | (y > clip[1]))
+    ax.scatter(x[~out], y[~out], s=s, c=c, lw=0, alpha=0.7, label=label, rasterized=True)
+    if out.any():
+        ax.scatter(np.clip(x[out], *clip), np.clip(y[out], *clip), s=max(6 * s, 12), c=c, marker="^",
+                   lw=0, alpha=0.9, rasterized=True, clip_on=False)
+    return int(out.sum())
+
+
+def _beyond(k: int) -> str:
+    return f"\n{k} off the axes (▲ on the border)" if k else ""
 
 
 def fig2_from_params(cfg: dict, logp, details, out) -> None:
