@@ -201,3 +201,20 @@ def test_examples_evenly_spaced_reproducible():
     assert list(select_examples(shuffled, 5)["image_id"]) == list(rows["image_id"])
     with pytest.raises(DsmError, match="only 3 finite"):
         select_examples(table.head(3), 5)
+
+
+def test_fig2_points_beyond_fixed_axes_are_drawn_on_the_border_and_counted():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    k = fig2._scatter(ax, [0.5, 2.0, -1.0], [0.5, 0.5, -3.0], (0.0, 1.0), s=2.0, c="C0", label="x")
+    assert k == 2
+    inside, beyond = ax.collections
+    assert inside.get_offsets().tolist() == [[0.5, 0.5]]
+    assert beyond.get_offsets().tolist() == [[1.0, 0.5], [0.0, 0.0]]
+    assert fig2._scatter(ax, [5.0], [5.0], None, s=2.0, c="C0", label="y") == 0   # limits from the data
+    assert "2 off the axes" in fig2._beyond(2) and fig2._beyond(0) == ""
+    plt.close(fig)
