@@ -29,7 +29,6 @@ in a details JSON (an output, not a metric), and the per-N table as CSV (DVC plo
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -200,46 +199,11 @@ def compare_from_params(cfg: dict, logp, metrics, details, by_n_csv=None) -> dic
         "by_N": by_n,
         "by_seed": by_seed,
     }
-    write_json(details, _finite(out))
-    _write_json_dir(metrics, _finite(headline(by_n)))
+    from dsm.headline import finite, write_json_dir
+
+    write_json(details, finite(out))
+    write_json_dir(metrics, headline(by_n))
     if by_n_csv is not None:
         rows = [{"N": int(n), **m} for n, m in by_n.items()]
         write_text(by_n_csv, pd.DataFrame(rows).to_csv(index=False))
     return out
-
-
-def _write_json_dir(path, files: dict) -> None:
-    """A directory of JSON files ``{name: obj}`` (``name.json``), replacing ``path`` whole:
-    built in a hidden temporary directory beside it and renamed into place (a killed job
-    leaves the old directory, none, or the new one; never a partial one)."""
-    import os
-    import shutil
-    import tempfile
-
-    from dsm.io import write_json
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        for name, obj in files.items():
-            write_json(tmp / f"{name}.json", obj)
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
-def _finite(obj):
-    """NaN/inf -> None, so the JSON is valid for every reader."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
