@@ -135,49 +135,72 @@ def test_the_documents_have_commands_of_each_tool():
 
 # --- snakemake: dry runs -----------------------------------------------------------------
 
-def snakemake_dry_runs():
-    """One dry run per distinct command line without its targets: {argv: [commands]}."""
+def snakemake_plan(tokens: list[str], label: str):
+    """(flags, targets, config) of a snakemake command line as Snakemake's own parser reads
+    it; flags without the targets, --config, the core count, -n/-p and --report (a report
+    needs a finished run: its workflow is planned instead)."""
     from snakemake.cli import get_argument_parser
 
-    parser = get_argument_parser()
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            args = get_argument_parser().parse_args(tokens[1:])
+        except (SystemExit, ValueError) as e:   # a target swallowed by --resources: ValueError
+            raise AssertionError(f"{label}: snakemake does not accept it: {err.getvalue() or e}") from e
+    bad = [c for c in args.config or [] if "=" not in c]
+    assert not bad, (f"{label}: {bad} after --config is read as a config value, not a target: "
+                     "put targets before --config")
+    flags, targets, skip = [], list(args.targets or []), 0
+    rest = list(tokens[1:])
+    for t in targets:
+        rest.remove(t)
+    for i, tok in enumerate(rest):
+        if skip:
+            skip -= 1
+            continue
+        if tok in ("--cores", "-c", "--jobs", "-j", "--report"):
+            skip = 1                      # cores do not matter to a dry run; a report needs a run
+        elif tok == "--config":
+            skip = len(args.config)
+        elif tok in ("-n", "--dry-run", "-p", "--printshellcmds"):
+            pass
+        elif (tok == "--software-deployment-method" and i + 1 < len(rest)
+              and rest[i + 1] == "conda" and not shutil.which("conda")):
+            skip = 1                      # no conda here: plan the same DAG without it
+        else:
+            flags.append(tok)
+    return tuple(flags), targets, tuple(args.config or ())
+
+
+def snakemake_dry_runs():
+    """One dry run per distinct command line without its targets: {(flags, config): entry}."""
     runs: dict[tuple, dict] = {}
     for cmd in ALL_COMMANDS:
-        tokens = cmd[2]
-        if tokens[0] != "snakemake":
+        if cmd[2][0] != "snakemake":
             continue
-        with contextlib.redirect_stderr(io.StringIO()) as err:
-            try:
-                args = parser.parse_args(tokens[1:])
-            except (SystemExit, ValueError) as e:   # a target swallowed by --resources: ValueError
-                raise AssertionError(f"{where(cmd)}: snakemake does not accept it: "
-                                     f"{err.getvalue() or e}") from e
-        bad = [c for c in args.config or [] if "=" not in c]
-        assert not bad, (f"{where(cmd)}: {bad} after --config is read as a config value, not a "
-                         "target: put targets before --config")
-        flags, targets, skip = [], list(args.targets or []), 0
-        rest = list(tokens[1:])
-        for t in targets:
-            rest.remove(t)
-        for i, tok in enumerate(rest):
-            if skip:
-                skip -= 1
-                continue
-            if tok in ("--cores", "-c", "--jobs", "-j", "--report"):
-                skip = 1                      # cores do not matter to a dry run; a report needs a run
-            elif tok == "--config":
-                skip = len(args.config)
-            elif tok in ("-n", "--dry-run", "-p", "--printshellcmds"):
-                pass
-            elif (tok == "--software-deployment-method" and i + 1 < len(rest)
-                  and rest[i + 1] == "conda" and not shutil.which("conda")):
-                skip = 1                      # no conda here: plan the same DAG without it
-            else:
-                flags.append(tok)
-        key = (tuple(flags), tuple(args.config or ()))
-        entry = runs.setdefault(key, {"targets": [], "commands": []})
+        flags, targets, config = snakemake_plan(cmd[2], where(cmd))
+        entry = runs.setdefault((flags, config), {"targets": [], "commands": []})
         entry["targets"] += [t for t in targets if t not in entry["targets"]]
         entry["commands"].append(cmd)
     return runs
+
+
+@pytest.mark.parametrize("line", [
+    "snakemake --config scale=paper-gray all",
+    "snakemake --config scale=paper-gray figures/fig3.pdf figures/fig6.pdf",
+    "snakemake --cores 16 --resources gpu=1 all --config scale=paper",
+    "snakemake --software-deployment-method conda all",
+])
+def test_a_swallowed_target_is_caught(line):
+    with pytest.raises(AssertionError):
+        snakemake_plan(shlex.split(line), line)
+
+
+def test_a_plan_keeps_targets_and_config():
+    flags, targets, config = snakemake_plan(
+        shlex.split("snakemake --profile workflow/profiles/slurm --cores 8 all figures/fig3.pdf "
+                    "--config scale=paper"), "x")
+    assert (flags, targets, config) == (("--profile", "workflow/profiles/slurm"),
+                                        ["all", "figures/fig3.pdf"], ("scale=paper",))
 
 
 @pytest.fixture(scope="module")
@@ -201,25 +224,38 @@ def test_every_snakemake_line_plans_its_dag(repo_copy):
 
 # --- dsm: --help, and the line's own arguments through the real parser -----------------
 
-def test_every_dsm_line_is_a_valid_command(repo_copy):
+def dsm_parses(tokens: list[str], label: str) -> None:
+    """The line's arguments through dsm's own parser: unknown options, missing required
+    ones and invalid choices fail."""
     from dsm.cli import build_parser
 
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            build_parser().parse_args(tokens[1:])
+        except SystemExit as e:
+            raise AssertionError(f"{label}: rejected by dsm's parser: {err.getvalue()}") from e
+
+
+def test_every_dsm_line_is_a_valid_command(repo_copy):
     dsm_cmds = [c for c in ALL_COMMANDS if c[2][0] == "dsm"]
     assert dsm_cmds
     helped = set()
     for cmd in dsm_cmds:
         tokens = cmd[2]
         assert len(tokens) > 1, f"{where(cmd)}: no subcommand"
-        sub = tokens[1]
-        if sub not in helped:
-            res = run([tool("dsm"), sub, "--help"], repo_copy, check=False)
-            assert res.returncode == 0, f"{where(cmd)}: `dsm {sub} --help` failed:\n{res.stderr}"
-            helped.add(sub)
-        with contextlib.redirect_stderr(io.StringIO()) as err:
-            try:
-                build_parser().parse_args(tokens[1:])
-            except SystemExit as e:
-                raise AssertionError(f"{where(cmd)}: rejected by dsm's parser: {err.getvalue()}") from e
+        if tokens[1] not in helped:
+            res = run([tool("dsm"), tokens[1], "--help"], repo_copy, check=False)
+            assert res.returncode == 0, f"{where(cmd)}: `dsm {tokens[1]} --help` failed:\n{res.stderr}"
+            helped.add(tokens[1])
+        dsm_parses(tokens, where(cmd))
+
+
+@pytest.mark.parametrize("line", ["dsm train --data d --out o --bogus 1",
+                                  "dsm logp --model m.pt x.png", "dsm logp --model m.pt x.png --out y --estimator x",
+                                  "dsm sync git"])
+def test_a_wrong_dsm_line_is_caught(line):
+    with pytest.raises(AssertionError):
+        dsm_parses(shlex.split(line), line)
 
 
 # --- dvc: status for repro, --help for the rest ------------------------------------------
@@ -327,9 +363,9 @@ def clean(token: str) -> str:
     return re.sub(r"[),.;:\]]+$", "", token)
 
 
-def mentioned_paths(doc: Path, tops: set[str]):
+def mentioned_paths(text: str, tops: set[str]):
     """(line, path) of repository paths in code spans, code blocks and link targets."""
-    prose, blocks = split_blocks(doc.read_text())
+    prose, blocks = split_blocks(text)
     found = []
     for lineno, line in prose:
         for span in CODE_SPAN.findall(line):
@@ -345,8 +381,8 @@ def mentioned_paths(doc: Path, tops: set[str]):
 
 
 def directory_outputs() -> list[re.Pattern]:
-    """Outputs that are directories (a prepared store, a directory of metrics files): any
-    path below them is theirs."""
+    """Outputs that are directories (a prepared store, a directory of metrics files), and
+    the SLURM executor's log directory: any path below them is theirs."""
     from dsm.pipeline.stages import STAGES
 
     rx = {"scale": "[^/]+", "seed": r"\d+", "N": r"\d+", "split": "[AB]"}
@@ -357,7 +393,7 @@ def directory_outputs() -> list[re.Pattern]:
             for key, val in rx.items():
                 p = p.replace(re.escape("{" + key + "}"), val)
             out.append(re.compile(p))
-    return out + [re.compile("logs/slurm")]           # the SLURM executor's logs, per rule and job
+    return out + [re.compile("logs/slurm")]
 
 
 def inside_a_directory_output(path: str, dirs) -> bool:
@@ -368,22 +404,50 @@ def inside_a_directory_output(path: str, dirs) -> bool:
     return any(d.fullmatch("/".join(parts[:k])) for k in range(1, len(parts)) for d in dirs)
 
 
-def test_every_path_the_documents_mention_exists_or_is_an_output():
-    entries = repository_entries()
-    tops = {e for e in entries if "/" not in e} | {"data", "models", "results", "figures", "logs",
-                                                    "benchmarks"}
-    known = entries | declared_outputs()
-    scales = list(yaml.safe_load((REPO / "params.yaml").read_text())["scales"])
-    dirs = directory_outputs()
-    missing = []
-    for doc in DOCS:
-        for lineno, path in mentioned_paths(doc, tops):
+class PathCheck:
+    """What a document may name: the repository's files and directories, the stage
+    table's outputs and what lies below its directory outputs."""
+
+    def __init__(self):
+        entries = repository_entries()
+        self.tops = {e for e in entries if "/" not in e} | {"data", "models", "results", "figures",
+                                                             "logs", "benchmarks"}
+        self.known = entries | declared_outputs()
+        self.scales = list(yaml.safe_load((REPO / "params.yaml").read_text())["scales"])
+        self.dirs = directory_outputs()
+
+    def unknown(self, text: str) -> list[tuple[int, str]]:
+        bad = []
+        for lineno, path in mentioned_paths(text, self.tops):
             for candidate in expand_braces(path):
-                rx = path_regex(candidate, scales)
-                if not any(rx.fullmatch(k) for k in known) and \
-                        not inside_a_directory_output(candidate, dirs):
-                    missing.append(f"{rel(doc)}:{lineno}: {candidate}")
+                rx = path_regex(candidate, self.scales)
+                if not any(rx.fullmatch(k) for k in self.known) and \
+                        not inside_a_directory_output(candidate, self.dirs):
+                    bad.append((lineno, candidate))
+        return bad
+
+
+@pytest.fixture(scope="module")
+def path_check():
+    return PathCheck()
+
+
+def test_every_path_the_documents_mention_exists_or_is_an_output(path_check):
+    missing = [f"{rel(doc)}:{n}: {p}" for doc in DOCS for n, p in path_check.unknown(doc.read_text())]
     assert not missing, "paths that neither exist nor are outputs of the stage table:\n" + "\n".join(missing)
+
+
+def test_the_path_check_can_fail(path_check):
+    text = "\n".join([
+        "`results/<scale>/logp/seed<seed>/N<N>-<split>.parquet` `models/default/seed0/N100000-A/model.pt`",
+        "`results/default/table1.{csv,md}` `workflow/report/*.rst` `data/default/images/test`",
+        "`results/<scale>/logp/N<N>-<split>.parquet` `models/<scale>/N<N>-<split>/checkpoints/`",
+        "```", "dsm logp --model models/default/ful/model.pt x.png --out y.parquet", "```",
+        "`docs/nothing.md` `results/default/table1.{csv,xls}`",
+    ])
+    assert sorted(path_check.unknown(text)) == sorted([
+        (3, "results/<scale>/logp/N<N>-<split>.parquet"), (3, "models/<scale>/N<N>-<split>/checkpoints"),
+        (5, "models/default/ful/model.pt"), (7, "docs/nothing.md"), (7, "results/default/table1.xls")])
 
 
 # --- links and anchors --------------------------------------------------------------------
