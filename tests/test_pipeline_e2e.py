@@ -132,7 +132,7 @@ def test_report_of_the_smoke_run(snakemake_run, tmp_path):
     html = out.read_text()
     results = report_results(html)
     shown = {s.outputs[r.output].replace("{scale}", SCALE): (s, r) for s in STAGES.values() for r in s.report}
-    figures = [t for t in TARGETS if t.startswith("figures/")]
+    figures = [t.replace("figures/", f"figures/{SCALE}/") for t in TARGETS if t.startswith("figures/")]
     assert set(figures) <= set(results) and set(results) == set(shown)
     for path, (stage, r) in shown.items():
         entry = results[path]
@@ -145,11 +145,11 @@ def test_report_of_the_smoke_run(snakemake_run, tmp_path):
     # the captions quote the numbers of this run
     ns = sorted(load_params(snakemake_run)["scales"][SCALE]["split"]["N"])
     last = json.loads((snakemake_run / f"results/{SCALE}/fig2_metrics/N{ns[-1]}.json").read_text())
-    fig2 = " ".join(results["figures/fig2.pdf"]["caption"].split())
+    fig2 = " ".join(results[f"figures/{SCALE}/fig2.pdf"]["caption"].split())
     assert f"at N = {ns[-1]} the two models agree with Pearson r = {last['pearson_r']:.4f}" in fig2
     assert f"RMS difference of {last['rms_A_minus_B_db_per_dim']:.3g} dB/dim" in fig2
     fig1m = json.loads((snakemake_run / f"results/{SCALE}/fig1/metrics.json").read_text())
-    fig1 = " ".join(results["figures/fig1.pdf"]["caption"].split())
+    fig1 = " ".join(results[f"figures/{SCALE}/fig1.pdf"]["caption"].split())
     assert f"{fig1m['dual_max_abs_err_db_per_dim']:.3g} dB/dim for dual score matching" in fig1
     assert f"results of the <tt class=\\\"docutils literal\\\">{SCALE}</tt> scale" in html
     # building the report changed nothing: Snakemake still plans no job

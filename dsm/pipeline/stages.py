@@ -44,9 +44,11 @@ What a reader sees of a stage's outputs is declared on the same entry (names of 
 
 Wildcards: a stage whose outputs contain ``{seed}``, ``{N}`` and ``{split}`` runs once per
 A/B model (Snakemake wildcards, DVC ``matrix``): seed over the scale's ``seeds`` (one
-replicate per base seed), N over ``split.N``, split over A and B. A stage whose outputs do not contain ``{scale}``
-(the figures) belongs to the active scale (params.yaml ``run``, or Snakemake's
-``--config scale=NAME``).
+replicate per base seed), N over ``split.N``, split over A and B. A stage whose outputs do
+not contain ``{scale}`` belongs to the active scale (params.yaml ``run``, or Snakemake's
+``--config scale=NAME``): the ``publish_*`` stages, which copy each figure of the active
+scale, ``figures/<scale>/<name>.pdf``, to ``figures/<name>.pdf``, so that every scale keeps
+its own figures and ``snakemake figures/fig2.pdf`` builds the active scale's.
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ class Stage:
     subcommand: str | None = None     # the `dsm` subcommand, if not the stage's name
     directories: tuple[str, ...] = ()  # output names that are directories
     exec_: bool = False               # `exec` the command: SIGTERM reaches it (training)
+    local: bool = False               # a copy: Snakemake runs it on the submitting host
     priority: int = 0                 # Snakemake `priority:` (PRIORITY): long jobs first
     doc: str = ""                     # one line: the subcommand's help
     metrics: tuple[str, ...] = ()      # output names that are DVC metrics (headline numbers)
@@ -163,9 +166,8 @@ class Stage:
     # --- derived --------------------------------------------------------------------
     @property
     def wildcards(self) -> tuple[str, ...]:
-        """The wildcards every output has; a placeholder that only some outputs have (the
-        scale of ``results/{scale}/fig3/hist.csv`` beside ``figures/fig3.pdf``) is filled
-        with the active scale, as in the outputs without it."""
+        """The wildcards every output has; a placeholder that only some outputs have is
+        filled with the active scale, as in the outputs without it."""
         sets = [set(_PLACEHOLDER.findall(p)) for p in self.outputs.values()]
         found = set.intersection(*sets) if sets else set()
         return tuple(w for w in ("scale", *MODEL_WILDCARDS) if w in found)
@@ -218,7 +220,6 @@ PROBES = "results/{scale}/full/probes.json"
 TABLE2 = {"csv": "results/{scale}/table2.csv", "md": "results/{scale}/table2.md",
           "tex": "results/{scale}/table2.tex"}
 TABLE2_METRICS = "results/{scale}/table2_metrics"
-FIG678 = {"highest": "figures/fig6.pdf", "lowest": "figures/fig7.pdf", "spaced": "figures/fig8.pdf"}
 FIG678_SELECTION = "results/{scale}/fig678.json"
 TABLE1 = "results/{scale}/table1"
 TABLE1_METRICS = TABLE1 + "_metrics"
@@ -232,6 +233,16 @@ FIG2_BY_N = "results/{scale}/fig2_by_N.csv"
 ESTIMATORS_CSV = "results/{scale}/estimators.csv"
 ESTIMATORS_IMAGES = "results/{scale}/estimators-images.parquet"
 
+
+def figure(name: str) -> str:
+    """A figure of a scale; ``figures/<name>.pdf`` is the active scale's copy (``publish_<name>``)."""
+    return f"figures/{{scale}}/{name}.pdf"
+
+
+FIG678 = {"highest": figure("fig6"), "lowest": figure("fig7"), "spaced": figure("fig8")}
+# the figures published for the active scale, in the paper's order
+FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "bias", "estimators")
+
 # Sections of the Snakemake report, in the paper's order (Report.category is a key).
 REPORT_CATEGORIES = {
     "method": "1. Dual score matching",
@@ -244,6 +255,8 @@ REPORT_CATEGORIES = {
 DVC_TEMPLATES = ("linear", "simple", "scatter", "scatter_jitter", "smooth", "confusion",
                  "confusion_normalized", "bar_horizontal", "bar_horizontal_sorted")
 TRAIN_READS = ("model", "train", "resources.train.threads")
+# copied beside the output, then renamed: a kill never leaves a partial file in place
+COPY = "cp {input.pdf} {output.pdf}.part && mv -f {output.pdf}.part {output.pdf}"
 # Snakemake priorities: among the jobs ready to run, the longest start first (Figure 1's
 # two trainings and the full models, then the A/B models and the split that gates them),
 # so the short analyses fill the cores at the end instead of one long job running alone.
@@ -412,7 +425,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         name="fig3", entry="dsm.figures.fig3", reads=("figures.fig3.bins", "figures.fig3.lim"),
         inputs={"logp": FULL_LOGP, "gumbel": GUMBEL_DETAILS, "examples": EXAMPLES, "probes": PROBES,
                 "data": IMAGES},
-        outputs={"pdf": "figures/fig3.pdf", "hist": "results/{scale}/fig3/hist.csv"},
+        outputs={"pdf": figure("fig3"), "hist": "results/{scale}/fig3/hist.csv"},
         args="--logp {input.logp} --gumbel {input.gumbel} --examples {input.examples}"
              " --probes {input.probes} --data {input.data} --out {output.pdf} --hist {output.hist}",
         resources="light",
@@ -490,7 +503,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage(
         name="fig_bias", entry="dsm.figures.bias", subcommand="fig-bias", reads=(),
         inputs={"table": "results/{scale}/bias.csv", "totals": "results/{scale}/bias.json"},
-        outputs={"pdf": "figures/bias.pdf"},
+        outputs={"pdf": figure("bias")},
         args="--table {input.table} --totals {input.totals} --out {output.pdf}", resources="light",
         doc="the bias budget figure",
         description="Plot `dsm bias`'s per-t table and totals.",
@@ -529,7 +542,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage(
         name="fig2", entry="dsm.figures.fig2", reads=("figures.fig2", "seeds"),
         inputs={"tables": Each(LOGP, LOGP_DIR), "details": FIG2_DETAILS},
-        outputs={"pdf": "figures/fig2.pdf"},
+        outputs={"pdf": figure("fig2")},
         args=f"--logp {LOGP_DIR} --details {{input.details}} --out {{output.pdf}}", resources="light",
         doc="Figure 2: log p_A against log p_B, one panel per N",
         description="Plot the per-image tables of the first replicate for the Ns in DETAILS (from "
@@ -606,7 +619,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         name="fig5", entry="dsm.figures.fig5", reads=(),
         inputs={"curves": FIG5_DIR + "/curves.parquet", "details": FIG5_DIR + "/details.json",
                 "data": IMAGES},
-        outputs={"pdf": "figures/fig5.pdf"},
+        outputs={"pdf": figure("fig5")},
         args="--curves {input.curves} --details {input.details} --data {input.data} --out {output.pdf}",
         resources="light",
         doc="Figure 5 (right): log p and effective dimensionality against t",
@@ -644,7 +657,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         name="fig4", entry="dsm.figures.fig4", reads=(),
         inputs={"affine": FIG4_DIR + "/affine.parquet", "sparsity": FIG4_DIR + "/sparsity.parquet",
                 "details": FIG4_DIR + "/details.json"},
-        outputs={"pdf": "figures/fig4.pdf"},
+        outputs={"pdf": figure("fig4")},
         args="--affine {input.affine} --sparsity {input.sparsity} --details {input.details} --out {output.pdf}",
         resources="light",
         doc="Figure 4: contrast, brightness and sparsity against log p",
@@ -674,7 +687,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage(
         name="fig_estimators", entry="dsm.figures.estimators", subcommand="fig-estimators", reads=(),
         inputs={"csv": ESTIMATORS_CSV, "images": ESTIMATORS_IMAGES},
-        outputs={"pdf": "figures/estimators.pdf"},
+        outputs={"pdf": figure("estimators")},
         args="--csv {input.csv} --images {input.images} --out {output.pdf}", resources="light",
         doc="the estimators figure (error and cost per image)",
         description="Plot the CSV and per-image table of `dsm estimators`.",
@@ -682,20 +695,21 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                  "--out": "output PDF"},
         report=(Report("pdf", "estimators.rst", "density", "Estimators of log p"),)),
     Stage(
-        name="publish_fig1", entry=None, reads=(),
-        inputs={"pdf": "results/{scale}/fig1/fig1.pdf"}, outputs={"pdf": "figures/fig1.pdf"},
-        # copied beside it, then renamed: a kill never leaves a partial figure in place
-        args="", command="cp {input.pdf} {output.pdf}.part && mv -f {output.pdf}.part {output.pdf}",
-        resources="light",
-        doc="Figure 1 of the active scale under figures/",
+        name="fig1_figure", entry=None, reads=(),
+        inputs={"pdf": "results/{scale}/fig1/fig1.pdf"}, outputs={"pdf": figure("fig1")},
+        args="", command=COPY, resources="light", local=True,
+        doc="Figure 1 of the scale beside its other figures (fig1 writes it beside its models)",
         report=(Report("pdf", "fig1.rst", "method", "Figure 1", data={"metrics": FIG1_METRICS}),)),
+    *(Stage(name=f"publish_{name}", entry=None, reads=(),
+            inputs={"pdf": figure(name)}, outputs={"pdf": f"figures/{name}.pdf"},
+            args="", command=COPY, resources="light", local=True,
+            doc=f"figures/{name}.pdf: the active scale's copy of figures/<scale>/{name}.pdf")
+      for name in FIGURES),
 ]}
 
-# What `snakemake all` (and the README's `make figures`) builds: the paper's figures.
-TARGETS = ("figures/fig1.pdf", "figures/fig2.pdf", "figures/fig3.pdf", "figures/fig4.pdf",
-           "figures/fig5.pdf", *FIG678.values(), "figures/bias.pdf", GUMBEL, *TABLE2.values(),
-           TABLE1 + ".md",
-           "figures/estimators.pdf")
+# What `snakemake all` (and the README's `make figures`) builds: the paper's figures of the
+# active scale (figures/<scale>/, and their copies under figures/) and its tables.
+TARGETS = (*(f"figures/{name}.pdf" for name in FIGURES), GUMBEL, *TABLE2.values(), TABLE1 + ".md")
 
 
 def stage(name: str) -> Stage:

@@ -9,8 +9,9 @@
 #   evaluation:  normalize, evaluate (per A/B model), normalize_full, evaluate_full
 #   analyses:    compare (Figure 2's metrics), examples, gumbel, probes, bias, table1,
 #                dimensionality, contrast, estimators
-#   figures:     fig1 (trains its two small models) and publish_fig1, fig2 ... fig678, the
-#                tables; those without {scale} in their outputs belong to the active scale
+#   figures:     fig1 (trains its two small models), fig2 ... fig678 and the tables, under
+#                figures/<scale>/ and results/<scale>/; publish_<figure> copies the
+#                active scale's figures to figures/ (local jobs)
 
 
 for name in STAGES:
@@ -31,6 +32,7 @@ for name in STAGES:
         benchmark:
             benchmark_of(name)
         priority: STAGES[name].priority
+        localrule: STAGES[name].local
         threads: res(name, "threads")
         resources:
             **resources_of(name),
