@@ -34,9 +34,10 @@ the scale section. ``doc`` is the subcommand's one-line help, ``description`` it
 
 What a reader sees of a stage's outputs is declared on the same entry (names of outputs):
 
-* ``metrics``: outputs that are DVC metrics (``dvc metrics show/diff``): small JSON files
-  (or directories of them) of headline numbers whose names carry their unit
-  (:data:`dsm.pipeline.report.METRIC_UNITS`); everything else goes to a details file;
+* ``metrics``: outputs that are DVC metrics (``dvc metrics show/diff``): directories of
+  headline files (:mod:`dsm.headline`), one quantity per file named with its unit
+  (:data:`dsm.pipeline.report.METRIC_UNITS`), keys ``value``, ``se``, ``ci95_lo``,
+  ``ci95_hi``, ``n``; everything else goes to a details file;
 * ``plots``: :class:`Plot` entries, DVC plots (``dvc plots show``) of a CSV output;
 * ``report``: :class:`Report` entries, outputs shown in ``snakemake --report`` with a
   caption (``workflow/report/<caption>``), a category (:data:`REPORT_CATEGORIES`) and
@@ -214,7 +215,7 @@ FULL_SCORE_MODEL = "models/{scale}/full-score/model.pt"
 FULL_NORM = "results/{scale}/full/norm.json"
 FULL_LOGP = "results/{scale}/full/logp-test.parquet"
 EXAMPLES = "results/{scale}/full/examples.json"
-GUMBEL = "results/{scale}/full/gumbel"             # headline numbers: loc.json, scale.json, ...
+GUMBEL = "results/{scale}/full/gumbel"             # headline numbers: loc_db_per_dim.json, ...
 GUMBEL_DETAILS = "results/{scale}/full/gumbel-details.json"
 PROBES = "results/{scale}/full/probes.json"
 TABLE2 = {"csv": "results/{scale}/table2.csv", "md": "results/{scale}/table2.md",
@@ -225,8 +226,10 @@ TABLE1 = "results/{scale}/table1"
 TABLE1_METRICS = TABLE1 + "_metrics"
 FIG5_DIR = "results/{scale}/fig5"
 FIG4_DIR = "results/{scale}/fig4"
+FIG5_METRICS = FIG5_DIR + "/metrics"
+FIG4_METRICS = FIG4_DIR + "/metrics"
 BIAS_METRICS = "results/{scale}/bias_metrics"
-FIG1_METRICS = "results/{scale}/fig1/metrics.json"
+FIG1_METRICS = "results/{scale}/fig1/metrics"
 FIG2_METRICS = "results/{scale}/fig2_metrics"
 FIG2_DETAILS = "results/{scale}/fig2_details.json"
 FIG2_BY_N = "results/{scale}/fig2_by_N.csv"
@@ -399,9 +402,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                     "a params file the schema's defaults are used.",
         options={"table": Opt("per-image table (e.g. results/<scale>/full/logp-test.parquet)",
                               metavar="IN.parquet", dest="logp"),
-                 "--out": "output directory of the headline numbers (DVC metrics): loc.json, "
-                          "scale.json, entropy.json, nll.json, each {estimate, ci95_lo, ci95_hi} "
-                          "with the unit in the keys",
+                 "--out": "output directory of the headline numbers (DVC metrics), one file per "
+                          "quantity named with its unit: loc_db_per_dim.json, scale_db_per_dim.json, "
+                          "entropy_db_per_dim.json {value, ci95_lo, ci95_hi, n}, nll_bits_per_dim.json",
                  "--details": Opt("full report JSON: every family's fit, AIC, KS, bootstrap settings "
                                   "(default: OUT-details.json beside OUT)", required=False),
                  "--column": Opt("column to fit (default: logp_db_per_dim)", default="logp_db_per_dim")},
@@ -477,7 +480,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         options={"--model": "the table's model (evaluated for dequantization, 8-bit only)",
                  "--csv": "output CSV", "--md": "output Markdown table", "--tex": "output LaTeX table",
                  "--metrics": Opt("output directory of the headline numbers (DVC metrics): one file "
-                                  "per row that applies, {mean_bits_per_dim, se_bits_per_dim}",
+                                  "per row that applies, <row>_bits_per_dim.json {value, se, n}",
                                   required=False),
                  "--device": OPTION_HELP["--device"]},
         metrics=("metrics",),
@@ -497,8 +500,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                  "--out": Opt("output CSV: the budget per noise level", dest="out_csv"),
                  "--totals": Opt("output JSON: the totals and settings (details)", dest="out_json"),
                  "--metrics": Opt("output directory of the headline numbers (DVC metrics): one file "
-                                  "per term (norm, time, space, score, predicted, direct), "
-                                  "{err_db_per_dim, se_db_per_dim}", dest="out_metrics", required=False)},
+                                  "per term, <term>_err_db_per_dim.json {value, se} (norm, time, space, "
+                                  "score, predicted, direct)", dest="out_metrics", required=False)},
         metrics=("metrics",)),
     Stage(
         name="fig_bias", entry="dsm.figures.bias", subcommand="fig-bias", reads=(),
@@ -523,8 +526,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                     "training images, and errors against the exact log p; means and spread over the "
                     "replicates (seeds).",
         options={"--logp": "directory of the per-image tables seed<seed>/N<N>-<A|B>.parquet",
-                 "--metrics": "output directory of the headline numbers, one N<n>.json per N "
-                              "(DVC metrics)",
+                 "--metrics": "output directory of the headline numbers (DVC metrics): per N a "
+                              "folder N<n>/ of <quantity>.json {value, se, n} (n: replicates)",
                  "--details": "output JSON of every per-N metric, per replicate, with provenance",
                  "--by-n": Opt("also write the per-N metrics as CSV (DVC plots)", dest="by_n_csv",
                                required=False)},
@@ -556,10 +559,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         inputs={}, outputs={"pdf": "results/{scale}/fig1/fig1.pdf",
                             "metrics": FIG1_METRICS,
                             "details": "results/{scale}/fig1/details.json"},
+        directories=("metrics",),
         args="--out results/{scale}/fig1", resources="train", exec_=True, priority=LONGEST,
         doc="Figure 1: single vs dual score matching on a Gaussian scale mixture",
         description="Train the mixture-of-quadratics model by SSM and DSM; write fig1.pdf, "
-                    "metrics.json (headline numbers) and details.json.",
+                    "metrics/ (headline numbers) and details.json.",
         options={"--out": "output directory", "--device": OPTION_HELP["--device"]},
         metrics=("metrics",)),
     Stage(
@@ -589,7 +593,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         reads=("figures.fig5", "resources.evaluate.threads"),
         inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES, "examples": EXAMPLES},
         outputs={"curves": FIG5_DIR + "/curves.parquet", "details": FIG5_DIR + "/details.json",
-                 "metrics": FIG5_DIR + "/metrics.json", "d_eff": FIG5_DIR + "/d_eff.csv"},
+                 "metrics": FIG5_METRICS, "d_eff": FIG5_DIR + "/d_eff.csv"},
+        directories=("metrics",),
         args="--model {input.model} --norm {input.norm} --data {input.data} --examples {input.examples}"
              " --curves {output.curves} --details {output.details} --metrics {output.metrics}"
              " --d-eff {output.d_eff}",
@@ -603,7 +608,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                  "--curves": Opt("output Parquet of the curves", dest="out.curves"),
                  "--details": Opt("output JSON: agreement of eqs. 11 and 12, settings, provenance",
                                   dest="out.details"),
-                 "--metrics": Opt("output JSON: the headline numbers (DVC metrics)",
+                 "--metrics": Opt("output directory of the headline numbers (DVC metrics)",
                                   dest="out.metrics", required=False),
                  "--d-eff": Opt("output CSV: the test-average d_eff against t (DVC plot)",
                                 dest="out.d_eff", required=False),
@@ -628,14 +633,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                  "--details": "details JSON of `dsm dimensionality`",
                  "--data": "prepared store directory (thumbnails)", "--out": "output PDF"},
         report=(Report("pdf", "fig5.rst", "noise levels", "Figure 5",
-                       data={"metrics": FIG5_DIR + "/metrics.json"}),)),
+                       data={"metrics": FIG5_METRICS}),)),
     Stage(
         name="contrast", entry="dsm.analysis.contrast",
         reads=("figures.fig4", "resources.evaluate.threads"),
         inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES, "examples": EXAMPLES,
                 "logp": FULL_LOGP},
         outputs={"affine": FIG4_DIR + "/affine.parquet", "sparsity": FIG4_DIR + "/sparsity.parquet",
-                 "details": FIG4_DIR + "/details.json", "metrics": FIG4_DIR + "/metrics.json"},
+                 "details": FIG4_DIR + "/details.json", "metrics": FIG4_METRICS},
+        directories=("metrics",),
         args="--model {input.model} --norm {input.norm} --data {input.data} --examples {input.examples}"
              " --logp {input.logp} --affine {output.affine} --sparsity {output.sparsity}"
              " --details {output.details} --metrics {output.metrics}",
@@ -649,8 +655,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                  "--sparsity": Opt("output Parquet: participation ratio and log p", dest="out.sparsity"),
                  "--details": Opt("output JSON: settings, correlations, per-slice numbers",
                                   dest="out.details"),
-                 "--metrics": Opt("output JSON: the headline numbers (DVC metrics)", dest="out.metrics",
-                                  required=False),
+                 "--metrics": Opt("output directory of the headline numbers (DVC metrics)",
+                                  dest="out.metrics", required=False),
                  "--device": OPTION_HELP["--device"]},
         metrics=("metrics",)),
     Stage(
@@ -666,7 +672,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                  "--sparsity": "participation ratio and log p (Parquet of `dsm contrast`)",
                  "--details": "details JSON of `dsm contrast`", "--out": "output PDF"},
         report=(Report("pdf", "fig4.rst", "noise levels", "Figure 4",
-                       data={"metrics": FIG4_DIR + "/metrics.json"}),)),
+                       data={"metrics": FIG4_METRICS}),)),
     Stage(
         name="estimators", entry="dsm.analysis.estimators",
         reads=("estimators", "resources.evaluate.threads"),
