@@ -88,11 +88,38 @@ def _run_logp(args):
 
 
 
+def version_text() -> str:
+    """``dsm <version>``, with the git commit (``-dirty`` if modified) when the package runs
+    from a checkout (as the provenance fields of the outputs name it: dsm.io.code_version)."""
+    from pathlib import Path
+
+    import dsm
+
+    if not (Path(dsm.__file__).resolve().parent.parent / ".git").exists():
+        return f"dsm {dsm.__version__}"         # an installed copy: no commit to name
+    from dsm.io import code_version
+
+    return code_version()
+
+
+class _Version(argparse.Action):
+    """``--version``: the text is computed when asked for (it runs git), not at every call."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dsm.cli_pipeline import add_stage_commands
 
     parser = argparse.ArgumentParser(
         prog="dsm", description="Normalized image densities by dual score matching.")
+    parser.add_argument("--version", action=_Version,
+                        help="print the version (and the git commit of a checkout) and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_stage_commands(sub)
     for add in (_add_sync, _add_logp):

@@ -137,3 +137,40 @@ def test_a_new_stage_is_its_function_and_its_table_entry(tmp_path):
     (repo / "results/smoke/seed_list.json").unlink()
     dvc(["repro", "--single-item", "seed_list"], repo, extra_env=here)
     assert json.loads((repo / "results/smoke/seed_list.json").read_text()) == seeds
+
+
+# --- version, licence, citation -------------------------------------------------------------
+
+def test_version_names_the_package_and_the_commit_of_a_checkout(tmp_path):
+    import subprocess
+
+    import dsm
+
+    here = run([tool("dsm"), "--version"], REPO).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert here.startswith(f"dsm {dsm.__version__} (") and head[:12] in here, here
+    # a copy that is not a checkout (as an installed package): the version alone
+    copy = copy_repo(tmp_path / "c")
+    alone = run([tool("python"), "-m", "dsm", "--version"], copy, extra_env={"PYTHONPATH": str(copy)})
+    assert alone.stdout.strip() == f"dsm {dsm.__version__}"
+
+
+def test_licence_and_citation_agree_with_the_package():
+    import yaml
+
+    tomllib = pytest.importorskip("tomllib")        # Python >= 3.11
+
+    import dsm
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and "LICENSE" in project["license-files"]
+    assert (REPO / "LICENSE").read_text().startswith("MIT License\n")
+    cff = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["license"] == "MIT"
+    assert {"message", "title", "authors"} <= set(cff) and str(cff["version"]) == dsm.__version__
+    paper = cff["preferred-citation"]
+    assert paper["type"] == "conference-paper" and paper["year"] == 2025
+    assert paper["title"] == "Learning normalized image densities via dual score matching"
+    assert [a["family-names"] for a in paper["authors"]] == ["Guth", "Kadkhodaie", "Simoncelli"]
+    assert "2506.05310" in paper["url"] and "NeurIPS 2025" in paper["collection-title"]
