@@ -2,7 +2,7 @@
 
 The pipeline's subcommands (one per stage of dsm/pipeline/stages.py) are derived from the
 stage table by :mod:`dsm.cli_pipeline`; the commands outside the pipeline (``dsm sync``,
-``dsm logp``) are written here. Every handler imports its module lazily (so ``dsm --help``
+``dsm cost``, ``dsm logp``) are written here. Every handler imports its module lazily (so ``dsm --help``
 is fast) and calls one library function. A :class:`dsm.errors.DsmError` becomes a
 one-line ``dsm <cmd>: error: ...`` on stderr and exit status 2.
 """
@@ -41,6 +41,40 @@ def _run_sync(args):
         sync.sync_dvc(args.root)
     else:
         sync.sync_snakemake(args.root)
+
+
+def _add_cost(sub):
+    p = sub.add_parser("cost", help="wall and CPU time per stage of a scale's run",
+                       description="Sum Snakemake's benchmark files (benchmarks/<scale>/**.tsv) per stage: "
+                                   "jobs, wall seconds, CPU seconds, peak memory; the slowest jobs; with "
+                                   "--since, the run that started then: its wall time and how busy the "
+                                   "cores were. `make figures` ends with it.")
+    p.add_argument("--scale", default=None,
+                   help="the scale (default: the active one, `run` of params.yaml)")
+    p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    p.add_argument("--root", default=".", help="repository root holding benchmarks/ (default: .)")
+    p.add_argument("--top", type=int, default=5, help="how many of the slowest jobs to list (default 5)")
+    p.add_argument("--since", type=float, default=None, metavar="EPOCH_S",
+                   help="start of the run to report on (seconds since the epoch, `date +%%s`)")
+    p.add_argument("--cores", type=int, default=None, help="cores the run was given (snakemake --cores)")
+    p.set_defaults(func=_run_cost)
+
+
+def _run_cost(args):
+    from pathlib import Path
+
+    from dsm.pipeline.cost import cost_table, read_jobs
+
+    scale = args.scale
+    if scale is None:
+        from dsm.config import read_yaml
+
+        path = Path(args.root) / args.params
+        run = read_yaml(path).get("run")
+        if not isinstance(run, dict) or not isinstance(run.get("name"), str):
+            raise DsmError(f"{path}: no active scale (run.name): give --scale")
+        scale = run["name"]
+    print(cost_table(read_jobs(args.root, scale), scale, top=args.top, since=args.since, cores=args.cores))
 
 
 def _add_logp(sub):
@@ -122,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version (and the git commit of a checkout) and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_stage_commands(sub)
-    for add in (_add_sync, _add_logp):
+    for add in (_add_sync, _add_cost, _add_logp):
         add(sub)
     return parser
 

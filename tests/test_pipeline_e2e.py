@@ -72,6 +72,13 @@ def test_snakemake_end_to_end(snakemake_run):
     logs = list((snakemake_run / "logs").rglob("*.log"))
     assert len(logs) >= 10
     assert list((snakemake_run / f"benchmarks/{SCALE}/train").rglob("*.tsv"))
+    # every job wrote its benchmark file, so `dsm cost` (what `make figures` ends with) is complete
+    from dsm.pipeline.cost import read_jobs
+    from dsm.pipeline.stages import STAGES
+
+    assert {j.stage for j in read_jobs(snakemake_run, SCALE)} == set(STAGES)
+    cost = run([tool("dsm"), "cost"], snakemake_run).stdout
+    assert cost.startswith(f"Cost of the {SCALE} scale: ") and "slowest jobs: " in cost
 
 
 def test_snakemake_builds_table1_and_figures_4_5_1(snakemake_run):

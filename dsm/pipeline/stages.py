@@ -199,9 +199,11 @@ class Stage:
         return self._under("benchmarks", ".tsv")
 
     def _under(self, top: str, suffix: str) -> str:
-        scale = "{scale}/" if "scale" in self.wildcards else ""
+        """``<top>/{scale}/<name>[/seed{seed}/N{N}-{split}]<suffix>``: per scale also for a
+        stage of the active scale (its {scale} is filled in), so ``dsm cost`` finds every job
+        of a scale under ``benchmarks/<scale>/``."""
         model = "/seed{seed}/N{N}-{split}" if self.per_model else ""
-        return f"{top}/{scale}{self.name}{model}{suffix}"
+        return f"{top}/{{scale}}/{self.name}{model}{suffix}"
 
 
 MODEL = "models/{scale}/seed{seed}/N{N}-{split}/model.pt"
