@@ -1,8 +1,10 @@
 """The stage table: every pipeline stage written once.
 
-Snakemake (``workflow/rules/*.smk``, one thin rule per stage) and DVC (``dvc.yaml``,
-generated from this table by ``dsm sync dvc-yaml``) both read it, so the two cannot
-disagree about a stage's command, inputs, outputs, parameters or code.
+Snakemake (``workflow/rules/stages.smk``: one rule per entry, defined in a loop), DVC
+(``dvc.yaml``, generated from this table by ``dsm sync dvc-yaml``) and the ``dsm``
+command line (its pipeline subcommands) all read it, so they cannot disagree about a
+stage's command, inputs, outputs, parameters or code. Adding a stage is its function and
+its entry here (docs/DESIGN.md, "Adding a stage").
 
 A :class:`Stage` names
 
@@ -20,7 +22,8 @@ A :class:`Stage` names
   ``{input.x}``/``{output.x}`` for the named paths and the wildcards;
 * ``resources``: the group of the scale's ``resources:`` section (threads, memory, time,
   GPUs); the group's ``threads`` is also the stage's torch thread count (dsm.runtime);
-* ``priority``: Snakemake's job priority (long jobs first, so the cores stay busy to the end).
+* ``priority``: Snakemake's job priority (long jobs first, so the cores stay busy to the end);
+* ``local``: a copy, run by Snakemake on the submitting host (``localrule``), not on a cluster.
 
 The ``dsm`` subcommand of a stage is derived from the same entry (``dsm/cli_pipeline.py``):
 its options are the ``--flags`` of ``args`` (given a value in the ``args`` of every stage
