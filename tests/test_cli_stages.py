@@ -123,8 +123,9 @@ def test_a_new_stage_is_its_function_and_its_table_entry(tmp_path):
     here = {"PYTHONPATH": str(repo)}        # the jobs' `dsm` imports the copy's library
     table = repo / "dsm/pipeline/stages.py"
     text = table.read_text()
-    end = text.index("\n]}\n", text.index("STAGES: dict[str, Stage]"))
-    table.write_text(text[:end] + NEW_STAGE.rstrip("\n") + text[end:])
+    # first in the table, not last: a rule that ran the loop's last command would fail here
+    start = text.index("\n", text.index("STAGES: dict[str, Stage] = {s.name: s for s in ["))
+    table.write_text(text[:start] + NEW_STAGE.rstrip("\n") + text[start:])
     (repo / "dsm/analysis/seed_list.py").write_text(NEW_FUNCTION)
     run([tool("python"), "-m", "dsm", "sync", "dvc-yaml"], repo, extra_env=here)
     assert "seed_list:" in (repo / "dvc.yaml").read_text()

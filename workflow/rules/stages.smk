@@ -14,7 +14,10 @@
 #                active scale's figures to figures/ (local jobs)
 
 
-for name in STAGES:
+def stage_rule(name):
+    """The rule of one stage. A function, not the loop's body: Snakemake evaluates the
+    `shell:` expression again when the job runs, and in a function it sees this stage's
+    name, not the loop's last one."""
 
     rule:
         name:
@@ -38,3 +41,7 @@ for name in STAGES:
             **resources_of(name),
         shell:
             shell_of(name)
+
+
+for name in STAGES:
+    stage_rule(name)
