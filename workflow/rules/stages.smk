@@ -1,6 +1,6 @@
 # Every stage of the stage table (dsm/pipeline/stages.py) is one rule of the same name,
 # every field rendered from its table entry by the helpers of common.smk. A new stage
-# needs no rule here: its entry in the table is enough.
+# needs nothing in this file; its entry in the table is enough.
 #
 #   data:        prepare (the image store of a scale), split (nested disjoint A/B sets)
 #   training:    train (one job per A/B model: seed, N, split), train_full, train_score;
@@ -14,11 +14,10 @@
 #                active scale's figures to figures/ (local jobs)
 
 
+# One stage's rule, made by a function rather than in the loop's body because Snakemake
+# evaluates the shell directive's expression again when a job runs: in a function it sees
+# this stage's name, in a loop it would see the last one.
 def stage_rule(name):
-    """The rule of one stage. A function, not the loop's body: Snakemake evaluates the
-    `shell:` expression again when the job runs, and in a function it sees this stage's
-    name, not the loop's last one."""
-
     rule:
         name:
             name
