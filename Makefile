@@ -18,9 +18,13 @@ $(BIN)/dsm: pyproject.toml
 
 venv: $(BIN)/dsm
 
-# The main job: every figure of the active scale (params.yaml `run:`), locally.
+# The main job: every figure of the active scale (params.yaml `run:`), locally. It ends
+# with what it cost: wall and CPU time per stage (`dsm cost`, from benchmarks/<scale>/),
+# the run's own wall time and how busy the cores were, also when snakemake fails.
 figures: venv
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) all
+	@start=$$(date +%s); \
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) all; status=$$?; \
+	echo; $(BIN)/dsm cost --since $$start --cores $(CORES) || true; exit $$status
 
 # The browsable report of the figures' run (report.html: figures, tables, captions).
 report: figures

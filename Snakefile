@@ -1,6 +1,7 @@
 # The paper's pipeline (see README and docs/pipeline.md). Thin: parameters come from
 # params.yaml (validated against workflow/schemas/params.schema.yaml); every rule is
-# one stage of the stage table dsm/pipeline/stages.py, from which dvc.yaml is generated
+# one stage of the stage table dsm/pipeline/stages.py, rendered in a loop
+# (workflow/rules/stages.smk), and dvc.yaml is generated from the same table
 # (`dsm sync dvc-yaml`), so both tools run the same `dsm` commands.
 #
 #   snakemake --cores 8 figures/fig2.pdf          # Figure 2 of the active scale
@@ -31,11 +32,7 @@ wildcard_constraints:
     split="A|B",
 
 
-include: "workflow/rules/data.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/analysis.smk"
-include: "workflow/rules/figures.smk"
+include: "workflow/rules/stages.smk"
 
 
 localrules:

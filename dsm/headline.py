@@ -1,12 +1,21 @@
 """Headline-number files: what ``dvc metrics show`` lists (the stage table's ``metrics``).
 
-A headline file holds a few numbers, flat, each named with its unit (the name ends with a
-suffix of ``dsm.pipeline.report.METRIC_UNITS``: ``_db_per_dim``, ``_bits_per_dim``,
-``_psnr_db``, ``_dims``, ``_fraction``, ``pearson_r``, ...), no strings, lists or timings:
-everything else goes to the stage's details file. DVC's table has one row per file and
-one column per key name, so more numbers than fit one terminal line are written as a
-**directory** of files sharing their keys, one file per row (:func:`write_json_dir`; Figure
-2's ``fig2_metrics/N<N>.json``, Table 1's rows per input PSNR).
+One small vocabulary for every headline file, so that DVC's table (one row per file, one
+column per key found in any file) stays a narrow table of rows: a file holds **one
+quantity**, its name says what and in which unit (``loc_db_per_dim.json``,
+``energy_psnr_db.json``: the stem ends with a suffix of
+``dsm.pipeline.report.METRIC_UNITS``), and its keys are among :data:`KEYS`:
+
+* ``value``: the number;
+* ``se``: its standard error (over images, or over replicates: ``n`` says how many);
+* ``ci95_lo``, ``ci95_hi``: a 95 % interval (bootstrap);
+* ``n``: the sample size behind ``se`` or the interval (images or replicates).
+
+A stage writes its headline numbers as one directory of such files
+(:func:`write_metrics_dir`, e.g. ``results/<scale>/full/gumbel/``); a table of them is a
+directory per row (Figure 2's ``fig2_metrics/N<N>/``, Table 1's ``table1_metrics/psnr+90/``).
+Everything else (settings, alternatives, per-seed values, timings) goes to the stage's
+details file.
 
 Non-finite numbers (a standard error of one image) become ``null``: JSON has no NaN, and
 DVC leaves nulls out of its table. A leaf module (imports dsm.io only), so the stages that
@@ -16,7 +25,32 @@ write headline files do not depend on each other.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+
+KEYS = ("value", "se", "ci95_lo", "ci95_hi", "n")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One headline quantity: ``value``, optionally its standard error ``se``, a 95 %
+    interval ``ci95 = (lo, hi)`` and the sample size ``n`` (None: not given, left out)."""
+
+    value: float | None
+    se: float | None = None
+    ci95: tuple[float, float] | None = None
+    n: int | None = None
+
+    def as_json(self) -> dict:
+        """``{value, [se], [ci95_lo, ci95_hi], [n]}``, non-finite numbers as null."""
+        out = {"value": self.value}
+        if self.se is not None:
+            out["se"] = self.se
+        if self.ci95 is not None:
+            out["ci95_lo"], out["ci95_hi"] = self.ci95
+        if self.n is not None:
+            out["n"] = int(self.n)
+        return finite(out)
 
 
 def finite(obj):
@@ -25,37 +59,56 @@ def finite(obj):
         return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
     if getattr(obj, "ndim", None) == 0 and hasattr(obj, "item"):      # numpy scalars
         return finite(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
     return obj
 
 
-def write_headline(path, numbers: dict) -> None:
-    """One headline file: ``{name: number or None}`` (sorted keys), written atomically."""
-    from dsm.io import write_json
+def write_metrics_dir(path, metrics: dict) -> None:
+    """The headline directory ``path``: ``{name: Metric}`` as ``name.json`` files; a value
+    that is a dict ``{name: Metric}`` becomes a subdirectory (a row of a table). Replaces
+    ``path`` whole and atomically (:func:`write_json_dir`)."""
+    def tree(node: dict) -> dict:
+        out = {}
+        for name, m in node.items():
+            if isinstance(m, Metric):
+                out[name] = m.as_json()
+            elif isinstance(m, dict):
+                out[name] = tree(m)
+            else:
+                raise TypeError(f"headline {name}: expected a Metric or a dict of them, got {type(m).__name__}")
+        return out
 
-    write_json(path, finite(numbers))
+    write_json_dir(path, tree(metrics), nested=True)
 
 
-def write_json_dir(path, files: dict) -> None:
+def write_json_dir(path, files: dict, nested: bool = False) -> None:
     """A directory of JSON files ``{name: obj}`` (``name.json``), replacing ``path`` whole:
     built in a hidden temporary directory beside it and renamed into place (a killed job
-    leaves the old directory, none, or the new one; never a partial one)."""
+    leaves the old directory, none, or the new one; never a partial one). ``nested``: a
+    value whose values are all dicts is a subdirectory of files instead of one file."""
     import os
     import shutil
     import tempfile
 
     from dsm.io import umask, write_json
 
+    def fill(folder: Path, node: dict) -> None:
+        for name, obj in node.items():
+            if nested and isinstance(obj, dict) and obj and all(isinstance(v, dict) for v in obj.values()):
+                (folder / name).mkdir(mode=0o777 & ~umask())
+                fill(folder / name, obj)
+            else:
+                write_json(folder / f"{name}.json", finite(obj))
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         os.chmod(tmp, 0o777 & ~umask())         # mkdtemp's 0700 would hide it from others
-        for name, obj in files.items():
-            write_json(tmp / f"{name}.json", finite(obj))
+        fill(tmp, files)
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():

@@ -12,6 +12,8 @@ import pytest
 
 from dsm.analysis import generalization as gen
 from dsm.errors import DsmError
+from dsm.headline import Metric, write_metrics_dir
+from dsm.pipeline.report import load_json_tree
 from dsm.figures import fig2
 
 
@@ -101,45 +103,61 @@ def test_compare_from_params_writes_headline_details_and_csv(tmp_path):
     assert data["by_N"]["100"]["pearson_r"] > 0.99
     table = pd.read_csv(csv)
     assert list(table["N"]) == ns and "rms_db" in table
-    # the headline numbers: one file per N, the details' values under unit-carrying names
-    assert sorted(f.name for f in metrics.iterdir()) == ["N1.json", "N10.json", "N100.json"]
+    # the headline numbers: a folder per N, one file per quantity named with its unit, the
+    # details' values (one replicate: n = 1, no standard error)
+    assert sorted(f.name for f in metrics.iterdir()) == ["N1", "N10", "N100"]
     for n in ns:
-        lean = json.loads((metrics / f"N{n}.json").read_text())
+        lean = load_json_tree(metrics / f"N{n}")
         full = data["by_N"][str(n)]
-        assert lean == {"pearson_r": full["pearson_r"], "rms_A_minus_B_db_per_dim": full["rms_db"],
-                        "mean_A_minus_B_db_per_dim": full["mean_db"],
-                        "bias_db_per_dim": full["exact_mean_err_db"],
-                        "bias_sd_db_per_dim": full["exact_mean_err_db_sd"]}
-        check_headline_file(metrics / f"N{n}.json")
+        assert lean == {"pearson_r": {"value": full["pearson_r"], "n": 1},
+                        "rms_A_minus_B_db_per_dim": {"value": full["rms_db"], "n": 1},
+                        "mean_A_minus_B_db_per_dim": {"value": full["mean_db"], "n": 1},
+                        "bias_db_per_dim": {"value": full["exact_mean_err_db"], "n": 1}}
+    check_headline_dir(metrics)
     # a rerun replaces the directory whole (an N dropped from split.N leaves no file behind)
     gen.compare_from_params({**cfg, "split": {"N": [10, 100]}}, tmp_path, metrics, details)
-    assert sorted(f.name for f in metrics.iterdir()) == ["N10.json", "N100.json"]
+    assert sorted(f.name for f in metrics.iterdir()) == ["N10", "N100"]
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".m.")]
 
 
-def check_headline_file(path, most=20):
-    """A DVC metrics file: at most ``most`` numbers (null allowed), each named with its unit,
-    no strings or lists (DVC would show strings as columns and drop lists)."""
+def test_headline_of_replicates_is_their_mean_and_standard_error():
+    by_n = {"10": {"n_seeds": 3, "pearson_r": 0.9, "pearson_r_sd": 0.03, "rms_db": 1.0, "rms_db_sd": 0.3,
+                   "mean_db": 0.1, "mean_db_sd": 0.06, "exact_mean_err_db": -0.2, "exact_mean_err_db_sd": 0.12}}
+    h = gen.headline(by_n)["N10"]
+    assert h["bias_db_per_dim"] == Metric(-0.2, se=0.12 / math.sqrt(3), n=3)
+    assert h["rms_A_minus_B_db_per_dim"].as_json() == {"value": 1.0, "se": pytest.approx(0.3 / math.sqrt(3)), "n": 3}
+
+
+def check_headline_file(path):
+    """A DVC metrics file (dsm.headline): one quantity, its file name ending with a unit, its
+    keys among value, se, ci95_lo, ci95_hi, n (value always), numbers or null, no strings
+    or lists (DVC would show strings as columns and drop lists)."""
+    from dsm.headline import KEYS
     from dsm.pipeline.report import metric_unit
 
-    def leaves(obj, prefix=""):
-        for k, v in obj.items():
-            if isinstance(v, dict):
-                yield from leaves(v, f"{prefix}{k}.")
-            else:
-                yield prefix + k, v
-
-    values = dict(leaves(json.loads(Path(path).read_text())))
-    assert 0 < len(values) <= most, (path, len(values))
+    path = Path(path)
+    assert metric_unit(path.stem) is not None, f"{path}: the file name names no unit"
+    values = json.loads(path.read_text())
+    assert "value" in values and set(values) <= set(KEYS), (path, sorted(values))
     for key, v in values.items():
         assert v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)), (path, key, v)
-        assert metric_unit(key.rsplit(".", 1)[-1]) is not None, f"{path}: {key} names no unit"
+    assert values.get("n") is None or isinstance(values["n"], int), path
+
+
+def check_headline_dir(path) -> list[Path]:
+    """Every file of a headline directory (folders are rows of a table) passes
+    :func:`check_headline_file`; returns the files."""
+    files = sorted(Path(path).rglob("*.json"))
+    assert files, path
+    for f in files:
+        check_headline_file(f)
+    return files
 
 
 def test_headline_without_exact_density_has_no_bias():
-    by_n = {"10": {"pearson_r": 0.5, "rms_db": 1.0, "mean_db": 0.1, "n_images": 20}}
-    assert gen.headline(by_n) == {"N10": {"pearson_r": 0.5, "rms_A_minus_B_db_per_dim": 1.0,
-                                          "mean_A_minus_B_db_per_dim": 0.1}}
+    by_n = {"10": {"n_seeds": 1, "pearson_r": 0.5, "rms_db": 1.0, "mean_db": 0.1, "n_images": 20}}
+    assert gen.headline(by_n) == {"N10": {"pearson_r": Metric(0.5, n=1), "rms_A_minus_B_db_per_dim": Metric(1.0, n=1),
+                                          "mean_A_minus_B_db_per_dim": Metric(0.1, n=1)}}
 
 
 def test_replicates_are_aggregated_mean_and_sd(tmp_path):
@@ -218,3 +236,24 @@ def test_fig2_points_beyond_fixed_axes_are_drawn_on_the_border_and_counted():
     assert fig2._scatter(ax, [5.0], [5.0], None, s=2.0, c="C0", label="y") == 0   # limits from the data
     assert "2 off the axes" in fig2._beyond(2) and fig2._beyond(0) == ""
     plt.close(fig)
+
+
+# --- the headline files' writer (dsm.headline) ------------------------------------------
+
+def test_metrics_dir_is_one_small_vocabulary(tmp_path):
+    """write_metrics_dir: one file per quantity with only the keys given (NaN as null), a
+    dict of them a folder (a row); the directory is replaced whole."""
+    out = tmp_path / "m"
+    write_metrics_dir(out, {"loc_db_per_dim": Metric(4.5, ci95=(4.25, 4.75), n=100),
+                            "N10": {"pearson_r": Metric(0.5, se=float("nan"), n=3)}})
+    assert json.loads((out / "loc_db_per_dim.json").read_text()) == {
+        "value": 4.5, "ci95_lo": 4.25, "ci95_hi": 4.75, "n": 100}
+    assert json.loads((out / "N10/pearson_r.json").read_text()) == {"value": 0.5, "se": None, "n": 3}
+    assert {str(f.relative_to(out)) for f in check_headline_dir(out)} == {"loc_db_per_dim.json",
+                                                                          "N10/pearson_r.json"}
+    write_metrics_dir(out, {"scale_db_per_dim": Metric(np.float64(1.5))})
+    assert [f.name for f in out.iterdir()] == ["scale_db_per_dim.json"]
+    assert json.loads((out / "scale_db_per_dim.json").read_text()) == {"value": 1.5}
+    with pytest.raises(TypeError, match="loc"):
+        write_metrics_dir(out, {"loc": 4.5})
+    assert [f.name for f in out.iterdir()] == ["scale_db_per_dim.json"]     # untouched

@@ -95,22 +95,21 @@ def test_headline_rows_and_their_standard_errors(field, tmp_path):
     draw's predicted error is its image's direct error, so with n_noise draws per image the
     SE is the direct error's SE over sqrt(n_noise)."""
     from dsm.analysis.bias import HEADLINE_ROWS, headline
-    from dsm.headline import write_json_dir
-    from test_analysis import check_headline_file
+    from dsm.headline import Metric, write_metrics_dir
+    from test_analysis import check_headline_dir
 
     dens, x = field
     wrong = FieldDensity(SIZE, alpha=1.7, scales=[0.7, 1.3, 2.5], weights=[0.2, 0.3, 0.5])
     s = summarize(bias_budget(ExactModel(wrong), dens, x, GRID, seed=2, n_noise=4, c_nats=0.0))
-    h = headline(s)
+    h = {name.removesuffix("_err_db_per_dim"): m for name, m in headline(s).items()}
     assert set(h) == set(HEADLINE_ROWS) == {"norm", "time", "space", "score", "predicted", "direct"}
-    assert h["predicted"]["err_db_per_dim"] == s["predicted_err_db"]
-    assert h["time"]["se_db_per_dim"] > 0 and h["space"]["se_db_per_dim"] > 0
-    assert h["predicted"]["se_db_per_dim"] == pytest.approx(s["direct_err_se_db"] / 2, rel=0.05)
+    assert h["predicted"].value == s["predicted_err_db"]
+    assert h["time"].se > 0 and h["space"].se > 0
+    assert h["predicted"].se == pytest.approx(s["direct_err_se_db"] / 2, rel=0.05)
     # both densities are normalized (c = 0 is the wrong one's constant): what is left at T is
     # their difference there, small as noise swamps the spectra
-    assert h["norm"]["err_db_per_dim"] == pytest.approx(0.0, abs=1e-3)
-    write_json_dir(tmp_path / "m", h)
-    for f in (tmp_path / "m").iterdir():
-        check_headline_file(f)
+    assert h["norm"].value == pytest.approx(0.0, abs=1e-3)
+    write_metrics_dir(tmp_path / "m", headline(s))
+    assert len(check_headline_dir(tmp_path / "m")) == 6
     # a source without an exact density: the same rows, no numbers
-    assert all(v == {"err_db_per_dim": None, "se_db_per_dim": None} for v in headline({}).values())
+    assert all(m == Metric(None, se=None) for m in headline({}).values())

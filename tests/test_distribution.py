@@ -58,19 +58,20 @@ def gumbel_run(tmp_path_factory):
 
 
 def test_headline_files_are_dvc_metrics_rows(gumbel_run):
-    """One file per quantity sharing their keys (a table in `dvc metrics show`), every key
-    named with its unit; the numbers are the details'."""
+    """One file per quantity named with its unit, in the shared vocabulary (a narrow table
+    in `dvc metrics show`); the numbers are the details'."""
     from test_analysis import check_headline_file
 
     x, m, det = gumbel_run
-    assert set(m) == {"loc", "scale", "entropy", "nll"}
-    for name in ("loc", "scale", "entropy"):
-        assert set(m[name]) == {"estimate_db_per_dim", "ci95_lo_db_per_dim", "ci95_hi_db_per_dim"}
-    assert m["loc"]["estimate_db_per_dim"] == det["gumbel_r"]["loc"]
-    assert [m["scale"]["ci95_lo_db_per_dim"], m["scale"]["ci95_hi_db_per_dim"]] == det["gumbel_r"]["scale_ci95"]
-    assert m["nll"] == {"estimate_bits_per_dim": det["entropy"]["bits_per_dim_8bit"]}
+    assert set(m) == {"loc_db_per_dim", "scale_db_per_dim", "entropy_db_per_dim", "nll_bits_per_dim"}
+    for name in ("loc_db_per_dim", "scale_db_per_dim", "entropy_db_per_dim"):
+        assert set(m[name]) == {"value", "ci95_lo", "ci95_hi", "n"} and m[name]["n"] == len(x)
+    assert m["loc_db_per_dim"]["value"] == det["gumbel_r"]["loc"]
+    assert [m["scale_db_per_dim"]["ci95_lo"], m["scale_db_per_dim"]["ci95_hi"]] == det["gumbel_r"]["scale_ci95"]
+    assert m["nll_bits_per_dim"] == {"value": det["entropy"]["bits_per_dim_8bit"], "n": len(x)}
     out = Path(det["provenance"]["source"]).parent / "out" / "gumbel"      # where gumbel_run wrote
-    assert sorted(f.name for f in out.iterdir()) == ["entropy.json", "loc.json", "nll.json", "scale.json"]
+    assert sorted(f.name for f in out.iterdir()) == ["entropy_db_per_dim.json", "loc_db_per_dim.json",
+                                                     "nll_bits_per_dim.json", "scale_db_per_dim.json"]
     for f in out.iterdir():
         check_headline_file(f)
 
@@ -78,20 +79,20 @@ def test_headline_files_are_dvc_metrics_rows(gumbel_run):
 def test_recovers_gumbel_parameters_within_bootstrap_intervals(gumbel_run):
     x, m, det = gumbel_run
     assert det["n_images"] == 50_000 and det["column"] == "logp_db_per_dim" and det["unit"] == "dB/dim"
-    loc, scale = m["loc"], m["scale"]
-    assert loc["ci95_lo_db_per_dim"] <= LOC <= loc["ci95_hi_db_per_dim"]
-    assert scale["ci95_lo_db_per_dim"] <= SCALE <= scale["ci95_hi_db_per_dim"]
-    assert loc["ci95_lo_db_per_dim"] < loc["estimate_db_per_dim"] < loc["ci95_hi_db_per_dim"]
+    loc, scale = m["loc_db_per_dim"], m["scale_db_per_dim"]
+    assert loc["ci95_lo"] <= LOC <= loc["ci95_hi"]
+    assert scale["ci95_lo"] <= SCALE <= scale["ci95_hi"]
+    assert loc["ci95_lo"] < loc["value"] < loc["ci95_hi"]
     # the intervals are as narrow as the asymptotic standard errors say (Fisher information
     # of the Gumbel: se(loc) = 1.11 scale / sqrt(n), se(scale) = 0.78 scale / sqrt(n))
-    width = loc["ci95_hi_db_per_dim"] - loc["ci95_lo_db_per_dim"]
+    width = loc["ci95_hi"] - loc["ci95_lo"]
     assert width == pytest.approx(2 * 1.96 * 1.109 * SCALE / math.sqrt(len(x)), rel=0.25)
-    width = scale["ci95_hi_db_per_dim"] - scale["ci95_lo_db_per_dim"]
+    width = scale["ci95_hi"] - scale["ci95_lo"]
     assert width == pytest.approx(2 * 1.96 * 0.780 * SCALE / math.sqrt(len(x)), rel=0.25)
     # the entropy's interval: -mean log p ± 1.96 sd / sqrt(n) (the mean is nearly normal)
-    h = m["entropy"]
-    assert h["ci95_lo_db_per_dim"] < -x.mean() < h["ci95_hi_db_per_dim"]
-    assert h["ci95_hi_db_per_dim"] - h["ci95_lo_db_per_dim"] == pytest.approx(
+    h = m["entropy_db_per_dim"]
+    assert h["ci95_lo"] < -x.mean() < h["ci95_hi"]
+    assert h["ci95_hi"] - h["ci95_lo"] == pytest.approx(
         2 * 1.96 * x.std() / math.sqrt(len(x)), rel=0.25)
 
 
@@ -110,10 +111,10 @@ def test_summary_numbers_and_their_units(gumbel_run):
     mean = x.mean()
     assert det["sample"]["mean"] == pytest.approx(mean)
     # entropy = -mean log p; in nats/dim -ln(10)/10 times the dB value; 8-bit bits/dim
-    assert m["entropy"]["estimate_db_per_dim"] == pytest.approx(-mean)
+    assert m["entropy_db_per_dim"]["value"] == pytest.approx(-mean)
     h = -mean * math.log(10) / 10
     assert det["entropy"]["nats_per_dim"] == pytest.approx(h)
-    assert m["nll"]["estimate_bits_per_dim"] == pytest.approx(8 + h / math.log(2))
+    assert m["nll_bits_per_dim"]["value"] == pytest.approx(8 + h / math.log(2))
     assert det["sample"]["range"] == pytest.approx(x.max() - x.min())
     # the Gumbel's mean loc + γ scale is the sample mean's (paper: 9.57 + 0.577 · 3.17 = 11.4)
     assert det["gumbel_r"]["mean"] == pytest.approx(mean, abs=0.05)
@@ -163,15 +164,16 @@ def test_entropy_agrees_across_columns_of_one_table(tmp_path):
     for col, v in cols.items():
         m, det = gb.summarize(v, col, resamples=10, seed=0, d=d)
         u = gb.column_unit(col)["suffix"]
-        assert f"estimate_{u}" in m["loc"] and f"ci95_hi_{u}" in m["scale"]
-        assert m["entropy"]["estimate_db_per_dim"] == pytest.approx(h_db), col
+        assert m[f"loc_{u}"].ci95 is not None and m[f"scale_{u}"].n == 200
+        assert m["entropy_db_per_dim"].value == pytest.approx(h_db), col
         # the interval of the entropy maps through the unit's conversion (decreasing for log p)
-        assert m["entropy"]["ci95_lo_db_per_dim"] < h_db < m["entropy"]["ci95_hi_db_per_dim"], col
+        lo, hi = m["entropy_db_per_dim"].ci95
+        assert lo < h_db < hi, col
         assert det["entropy"]["nats_per_dim"] == pytest.approx(e.mean() / d), col
-    assert gb.summarize(cols["nll_bits_per_dim"], "nll_bits_per_dim", 10, 0)[0]["nll"][
-        "estimate_bits_per_dim"] == pytest.approx(cols["nll_bits_per_dim"].mean())
+    assert gb.summarize(cols["nll_bits_per_dim"], "nll_bits_per_dim", 10, 0)[0][
+        "nll_bits_per_dim"].value == pytest.approx(cols["nll_bits_per_dim"].mean())
     m, _ = gb.summarize(cols["logp_db_per_dim"], "other", resamples=10, seed=0)
-    assert set(m) == {"loc", "scale"} and "estimate_other" in m["loc"]
+    assert set(m) == {"loc_other", "scale_other"}
 
 
 # --- bad input: one line, exit 2, nothing written -----------------------------------------
@@ -384,15 +386,16 @@ def test_fig3_histogram_table_is_the_drawn_histogram_and_the_fit_per_bin():
 
 def test_table2_headline_rows(tmp_path):
     from dsm.figures import table2
-    from dsm.headline import write_json_dir
-    from test_analysis import check_headline_file
+    from dsm.headline import Metric, write_metrics_dir
+    from test_analysis import check_headline_dir
 
     rows = nll.nll_rows(nll_table(), {"source": "field", "dtype": "float32", "exact": {"entropy_nats": -17.0}})
     h = table2.headline(rows)
-    assert set(h) == {"model_8bit_shift", "exact_test", "exact_entropy", "model_excess"}   # dequantized: n/a
+    assert set(h) == {"model_8bit_shift_bits_per_dim", "exact_test_bits_per_dim", "exact_entropy_bits_per_dim",
+                      "model_excess_bits_per_dim"}                                         # dequantized: n/a
     by_key = {r["key"]: r for r in rows}
     for key, m in h.items():
-        assert m == {"mean_bits_per_dim": by_key[key]["bits_per_dim"], "se_bits_per_dim": by_key[key]["se_bits_per_dim"]}
-    write_json_dir(tmp_path / "m", h)
-    for f in (tmp_path / "m").iterdir():
-        check_headline_file(f)
+        r = by_key[key.removesuffix("_bits_per_dim")]
+        assert m == Metric(r["bits_per_dim"], se=r["se_bits_per_dim"], n=r["n_images"])
+    write_metrics_dir(tmp_path / "m", h)
+    assert len(check_headline_dir(tmp_path / "m")) == 4

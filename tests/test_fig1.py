@@ -292,16 +292,18 @@ def test_dsm_fig1_end_to_end(tmp_path, capsys):
     first_d = [json.loads(line) for line in (tmp_path / "dsm" / "metrics.jsonl").read_text().splitlines()]
     assert first[0]["tsm"] == pytest.approx(first_d[0]["tsm"], rel=1e-6)  # step 1, before any update
     assert first[0]["dsm"] == pytest.approx(first_d[0]["dsm"], rel=1e-6)
-    # the headline numbers (DVC metrics): the details' raw errors under unit-carrying names
-    headline = json.loads((tmp_path / "metrics.json").read_text())
-    assert headline == {"dual_max_abs_err_db_per_dim": metrics["dsm"]["max_abs"],
-                        "dual_rms_err_db_per_dim": metrics["dsm"]["rms"],
-                        "single_max_abs_err_db_per_dim": metrics["ssm"]["max_abs"],
-                        "single_rms_err_db_per_dim": metrics["ssm"]["rms"]}
-    from test_analysis import check_headline_file
+    # the headline numbers (DVC metrics): the details' raw errors, one file each named with its unit
+    from dsm.pipeline.report import load_json_tree
+    from test_analysis import check_headline_dir
 
-    check_headline_file(tmp_path / "metrics.json")
+    assert load_json_tree(tmp_path / "metrics") == {
+        "dual_max_abs_err_db_per_dim": {"value": metrics["dsm"]["max_abs"]},
+        "dual_rms_err_db_per_dim": {"value": metrics["dsm"]["rms"]},
+        "single_max_abs_err_db_per_dim": {"value": metrics["ssm"]["max_abs"]},
+        "single_rms_err_db_per_dim": {"value": metrics["ssm"]["rms"]}}
+    check_headline_dir(tmp_path / "metrics")
     # rerun: the finished trainings are reused, the headline rewritten byte for byte (no timings)
-    before = (tmp_path / "metrics.json").read_bytes()
+    files = sorted((tmp_path / "metrics").iterdir())
+    before = [f.read_bytes() for f in files]
     assert main(argv) == 0
-    assert (tmp_path / "metrics.json").read_bytes() == before
+    assert [f.read_bytes() for f in sorted((tmp_path / "metrics").iterdir())] == before

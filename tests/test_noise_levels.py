@@ -299,8 +299,8 @@ def test_cli_errors_name_the_file_and_write_nothing(tmp_path, capsys):
 # --- the headline numbers (DVC metrics) of Table 1, Figures 4 and 5 --------------------------
 
 def test_table1_headline_rows_per_input_psnr(tmp_path):
-    from dsm.headline import write_json_dir
-    from test_analysis import check_headline_file
+    from dsm.headline import Metric, write_metrics_dir
+    from test_analysis import check_headline_dir
 
     rng = np.random.default_rng(2)
     mse = {name: {p: scale * rng.uniform(0.9, 1.1, 20) for p, scale in ((90.0, 1e-9), (0.0, 0.01), (-30.0, 0.2))}
@@ -310,14 +310,16 @@ def test_table1_headline_rows_per_input_psnr(tmp_path):
     assert list(h) == ["psnr+90", "psnr+0", "psnr-30"]
     for e in s["by_psnr"]:
         row = h[denoising.row_name(e["input_psnr_db"])]
-        assert row == {"energy_psnr_db": e["energy"]["psnr_db"], "score_psnr_db": e["score"]["psnr_db"],
-                       "optimal_psnr_db": e["optimal"]["psnr_db"],
-                       "energy_minus_score_psnr_db": e["energy_minus_score"]["diff_db"],
-                       "difference_se_psnr_db": e["energy_minus_score"]["se_db"]}
-        assert row["energy_minus_score_psnr_db"] == pytest.approx(row["energy_psnr_db"] - row["score_psnr_db"])
-    write_json_dir(tmp_path / "m", h)
-    for f in (tmp_path / "m").iterdir():
-        check_headline_file(f)
+        assert row == {f"{name}_psnr_db": Metric(e[name]["psnr_db"], se=e[name]["se_db"], n=20)
+                       for name in ("energy", "score", "optimal")} | {
+            "energy_minus_score_psnr_db": Metric(e["energy_minus_score"]["diff_db"],
+                                                 se=e["energy_minus_score"]["se_db"], n=20)}
+        assert row["energy_minus_score_psnr_db"].value == pytest.approx(
+            row["energy_psnr_db"].value - row["score_psnr_db"].value)
+    write_metrics_dir(tmp_path / "m", h)
+    files = check_headline_dir(tmp_path / "m")
+    assert {str(f.relative_to(tmp_path / "m")) for f in files} >= {"psnr+90/energy_psnr_db.json",
+                                                                  "psnr-30/energy_minus_score_psnr_db.json"}
 
 
 def _curves(gaps, ts, inside):
@@ -333,38 +335,41 @@ def _curves(gaps, ts, inside):
 
 def test_fig5_headline_and_d_eff_table(tmp_path):
     """The largest |eq.11 - eq.12| over every curve and t, and within the training range."""
-    from test_analysis import check_headline_file
+    from dsm.headline import write_metrics_dir
+    from test_analysis import check_headline_dir
 
     ts = [1e-6, 1e-3, 1.0]
     inside = np.array([False, True, True])
     df = _curves(([0.5, -2.0, 9.0], [-30.0, 1.0, 0.5]), ts, inside)
     details = {"d": 64, "model_consistency": dimensionality.curve_summary(df, 64, 0.01)}
     h = dimensionality.headline(details, df["in_training_range"])
-    assert h["max_abs_gap_dims"] == 30.0 and h["trained_max_abs_gap_dims"] == 9.0
-    assert h["agreeing_fraction"] == pytest.approx(4 / 6)           # |gap| <= 3 SE: 0.5, -2, 1, 0.5
+    assert h["max_abs_gap_dims"].value == 30.0 and h["trained_max_abs_gap_dims"].value == 9.0
+    assert h["agreeing_fraction"].value == pytest.approx(4 / 6)           # |gap| <= 3 SE: 0.5, -2, 1, 0.5
     assert "exact_max_abs_gap_dims" not in h
-    assert dimensionality.headline(details, np.ones(6, bool))["trained_max_abs_gap_dims"] == 30.0
-    assert dimensionality.headline(details, np.zeros(6, bool))["trained_max_abs_gap_dims"] is None
+    assert dimensionality.headline(details, np.ones(6, bool))["trained_max_abs_gap_dims"].value == 30.0
+    assert dimensionality.headline(details, np.zeros(6, bool))["trained_max_abs_gap_dims"].value is None
     details |= {"exact_consistency": {"largest_disagreement": {"gap": -0.25}},
                 "model_vs_exact_within_training_range": {"max_abs_d_eff_eq11_error_over_d": 0.125}}
     h = dimensionality.headline(details, df["in_training_range"])
-    assert h["exact_max_abs_gap_dims"] == 0.25 and h["d_eff_max_abs_err_dims"] == 8.0
-    (tmp_path / "m.json").write_text(json.dumps(h))
-    check_headline_file(tmp_path / "m.json")
+    assert h["exact_max_abs_gap_dims"].value == 0.25 and h["d_eff_max_abs_err_dims"].value == 8.0
+    write_metrics_dir(tmp_path / "m", h)
+    assert len(check_headline_dir(tmp_path / "m")) == 5
     table = dimensionality.d_eff_table(df.iloc[::-1])
     assert list(table.columns) == ["t", *dimensionality.D_EFF_COLUMNS] and list(table["t"]) == ts
     assert list(table["d_eff_eq11"]) == [-20.0, 11.0, 10.5] and table["exact_d_eff_eq11"].isna().all()
 
 
 def test_fig4_headline(tmp_path):
-    from test_analysis import check_headline_file
+    from dsm.headline import Metric, write_metrics_dir
+    from test_analysis import check_headline_dir
 
     details = {"sparsity": {"model": {"n": 9, "pearson_r": -0.5, "spearman_rho": -0.4},
                             "exact": {"n": 9, "pearson_r": -0.6, "spearman_rho": -0.45}},
                "grid_model_minus_exact_db": {"mean": 0.1, "max_abs": 0.7}}
-    assert contrast.headline(details) == {"pearson_r": -0.5, "spearman_rho": -0.4, "exact_pearson_r": -0.6,
-                                          "exact_spearman_rho": -0.45, "affine_max_abs_err_db_per_dim": 0.7}
+    assert contrast.headline(details) == {
+        "pearson_r": Metric(-0.5, n=9), "spearman_rho": Metric(-0.4, n=9), "exact_pearson_r": Metric(-0.6, n=9),
+        "exact_spearman_rho": Metric(-0.45, n=9), "affine_max_abs_err_db_per_dim": Metric(0.7)}
     real = {"sparsity": {"model": {"n": 2, "pearson_r": None, "spearman_rho": None}, "exact": None}}
-    assert contrast.headline(real) == {"pearson_r": None, "spearman_rho": None}
-    (tmp_path / "m.json").write_text(json.dumps(contrast.headline(details)))
-    check_headline_file(tmp_path / "m.json")
+    assert contrast.headline(real) == {"pearson_r": Metric(None, n=2), "spearman_rho": Metric(None, n=2)}
+    write_metrics_dir(tmp_path / "m", contrast.headline(details))
+    assert len(check_headline_dir(tmp_path / "m")) == 5

@@ -81,14 +81,14 @@ def test_second_run_does_nothing(finished_default):
 def test_lr_change_reruns_training_and_downstream_only(finished_default, tmp_path):
     jobs = _rerun_plan(finished_default, "train", "lr", "1.234e-3", tmp_path)
     assert jobs.pop("train") == 12
-    upstream = {"prepare", "split", "fig1", "publish_fig1"}
+    upstream = {"prepare", "split", "fig1", "fig1_figure", "publish_fig1"}
     assert set(jobs) == set(expected_jobs(load_params(finished_default)["scales"]["default"])) - upstream - {"train"}
     assert jobs["normalize"] == jobs["evaluate"] == 12
 
 
 def test_figure_param_change_reruns_only_the_figure(finished_default, tmp_path):
     jobs = _rerun_plan(finished_default, "figures", "point_size", "3.5", tmp_path)
-    assert jobs == {"fig2": 1, "all": 1}
+    assert jobs == {"fig2": 1, "publish_fig2": 1, "all": 1}
 
 
 def test_evaluation_param_change_keeps_the_models(finished_default, tmp_path):

@@ -13,6 +13,7 @@ import subprocess
 import pandas as pd
 import pytest
 
+from dsm.pipeline.report import load_json_tree
 from test_pipeline_util import (copy_repo, dvc, edit_param, git_commit, load_params,
                                 planned_jobs, run, snakemake, tool)
 
@@ -48,9 +49,9 @@ def check_results(repo):
         m = metrics["by_N"][str(n)]
         assert m["n_images"] == 2 * min(n, load_params(repo)["scales"][SCALE]["evaluate"]["max_per_set"])
         assert m["rms_db"] >= 0 and "exact_rms_err_db" in m  # field: exact log p known
-        lean = json.loads((repo / f"results/{SCALE}/fig2_metrics/N{n}.json").read_text())
-        assert lean["rms_A_minus_B_db_per_dim"] == m["rms_db"]
-        assert lean["bias_db_per_dim"] == m["exact_mean_err_db"]
+        lean = load_json_tree(repo / f"results/{SCALE}/fig2_metrics/N{n}")
+        assert lean["rms_A_minus_B_db_per_dim"]["value"] == m["rms_db"]
+        assert lean["bias_db_per_dim"]["value"] == m["exact_mean_err_db"]
     table = pd.read_parquet(repo / f"results/{SCALE}/logp/seed0/N{ns[-1]}-A.parquet")
     assert set(table["image_set"]) == {"A", "B", "test"}
     for col in ("image_id", "dataset", "N", "model_split", "t", "energy_nats", "logp_db_per_dim",
@@ -71,6 +72,13 @@ def test_snakemake_end_to_end(snakemake_run):
     logs = list((snakemake_run / "logs").rglob("*.log"))
     assert len(logs) >= 10
     assert list((snakemake_run / f"benchmarks/{SCALE}/train").rglob("*.tsv"))
+    # every job wrote its benchmark file, so `dsm cost` (what `make figures` ends with) is complete
+    from dsm.pipeline.cost import read_jobs
+    from dsm.pipeline.stages import STAGES
+
+    assert {j.stage for j in read_jobs(snakemake_run, SCALE)} == set(STAGES)
+    cost = run([tool("dsm"), "cost"], snakemake_run).stdout
+    assert cost.startswith(f"Cost of the {SCALE} scale: ") and "slowest jobs: " in cost
 
 
 def test_snakemake_builds_table1_and_figures_4_5_1(snakemake_run):
@@ -132,7 +140,7 @@ def test_report_of_the_smoke_run(snakemake_run, tmp_path):
     html = out.read_text()
     results = report_results(html)
     shown = {s.outputs[r.output].replace("{scale}", SCALE): (s, r) for s in STAGES.values() for r in s.report}
-    figures = [t for t in TARGETS if t.startswith("figures/")]
+    figures = [t.replace("figures/", f"figures/{SCALE}/") for t in TARGETS if t.startswith("figures/")]
     assert set(figures) <= set(results) and set(results) == set(shown)
     for path, (stage, r) in shown.items():
         entry = results[path]
@@ -144,12 +152,12 @@ def test_report_of_the_smoke_run(snakemake_run, tmp_path):
     assert set(REPORT_CATEGORIES.values()) == set(cats)
     # the captions quote the numbers of this run
     ns = sorted(load_params(snakemake_run)["scales"][SCALE]["split"]["N"])
-    last = json.loads((snakemake_run / f"results/{SCALE}/fig2_metrics/N{ns[-1]}.json").read_text())
-    fig2 = " ".join(results["figures/fig2.pdf"]["caption"].split())
+    last = {k: v["value"] for k, v in load_json_tree(snakemake_run / f"results/{SCALE}/fig2_metrics/N{ns[-1]}").items()}
+    fig2 = " ".join(results[f"figures/{SCALE}/fig2.pdf"]["caption"].split())
     assert f"at N = {ns[-1]} the two models agree with Pearson r = {last['pearson_r']:.4f}" in fig2
     assert f"RMS difference of {last['rms_A_minus_B_db_per_dim']:.3g} dB/dim" in fig2
-    fig1m = json.loads((snakemake_run / f"results/{SCALE}/fig1/metrics.json").read_text())
-    fig1 = " ".join(results["figures/fig1.pdf"]["caption"].split())
+    fig1m = {k: v["value"] for k, v in load_json_tree(snakemake_run / f"results/{SCALE}/fig1/metrics").items()}
+    fig1 = " ".join(results[f"figures/{SCALE}/fig1.pdf"]["caption"].split())
     assert f"{fig1m['dual_max_abs_err_db_per_dim']:.3g} dB/dim for dual score matching" in fig1
     assert f"results of the <tt class=\\\"docutils literal\\\">{SCALE}</tt> scale" in html
     # building the report changed nothing: Snakemake still plans no job
@@ -210,8 +218,10 @@ def test_sync_dvc_leaves_both_tools_up_to_date(adopted):
 
 def test_dvc_metrics_are_headline_numbers_named_with_units(adopted):
     """`dvc metrics show`: the files the stage table declares (a directory stands for its
-    files), each at most 20 numbers named with their unit; per figure the table is one
-    terminal wide; `dvc metrics diff` lists each number on its own line."""
+    files), one quantity each, named with its unit, in one small vocabulary (value, se,
+    ci95_lo, ci95_hi, n), so that the whole table, with no argument, fits a terminal:
+    at most 160 characters wide, with room for the longest scale name."""
+    from dsm.headline import KEYS
     from dsm.pipeline.stages import METRICS
     from test_analysis import check_headline_file
 
@@ -223,21 +233,23 @@ def test_dvc_metrics_are_headline_numbers_named_with_units(adopted):
     declared = set()
     for m in METRICS:
         path = repo / m.replace("{scale}", SCALE)
-        declared |= ({str(f.relative_to(repo)) for f in path.glob("*.json")} if path.is_dir()
+        declared |= ({str(f.relative_to(repo)) for f in path.rglob("*.json")} if path.is_dir()
                      else {str(path.relative_to(repo))})
     assert files == declared
-    assert {f"results/{SCALE}/fig2_metrics/N{n}.json" for n in ns} | {f"results/{SCALE}/fig1/metrics.json",
-            f"results/{SCALE}/full/gumbel/loc.json", f"results/{SCALE}/fig5/metrics.json",
-            f"results/{SCALE}/bias_metrics/direct.json"} <= files
+    assert {f"results/{SCALE}/fig2_metrics/N{n}/rms_A_minus_B_db_per_dim.json" for n in ns} | {
+            f"results/{SCALE}/fig1/metrics/dual_max_abs_err_db_per_dim.json",
+            f"results/{SCALE}/full/gumbel/loc_db_per_dim.json", f"results/{SCALE}/fig5/metrics/max_abs_gap_dims.json",
+            f"results/{SCALE}/bias_metrics/direct_err_db_per_dim.json",
+            f"results/{SCALE}/table1_metrics/psnr+0/energy_psnr_db.json"} <= files
     for f in files:
         check_headline_file(repo / f)
         values = {k: v for k, v in json.loads((repo / f).read_text()).items() if v is not None}
         assert data[f]["data"] == values  # DVC leaves out nulls
-    for m in METRICS:
-        table = dvc(["metrics", "show", m.replace("{scale}", SCALE)], repo).stdout
-        assert max(len(line) for line in table.splitlines()) <= 160, table
-    fig1 = dvc(["metrics", "show", f"results/{SCALE}/fig1/metrics.json"], repo).stdout
-    assert "dual_max_abs_err_db_per_dim" in fig1 and "single_rms_err_db_per_dim" in fig1
+    assert set().union(*(d["data"] for d in data.values())) <= set(KEYS)
+    table = dvc(["metrics", "show"], repo).stdout
+    longest = max(load_params(repo)["scales"], key=len)
+    assert max(len(line) for line in table.splitlines()) + len(longest) - len(SCALE) <= 160, table
+    assert f"results/{SCALE}/fig1/metrics/dual_max_abs_err_db_per_dim.json" in table
 
 
 def test_dvc_plots_have_titles_labels_and_log_axes(adopted):

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 def test_dvc_yaml_metrics_and_plots_come_from_the_table():
     doc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     assert doc["metrics"] == [m.replace("{scale}", "${run.name}") for m in METRICS]
-    assert {"results/${run.name}/fig2_metrics", "results/${run.name}/fig1/metrics.json"} <= set(doc["metrics"])
+    assert {"results/${run.name}/fig2_metrics", "results/${run.name}/fig1/metrics"} <= set(doc["metrics"])
     plots = {k: v for entry in doc["plots"] for k, v in entry.items()}
     assert set(plots) == {p.id for _, p in PLOTS} >= {"fig2_pearson_r", "fig2_rms"}
     for stage, p in PLOTS:
@@ -51,8 +51,10 @@ def test_plot_templates_are_vega_lite_with_dvc_anchors(name):
 
 
 def test_every_figure_target_is_in_the_report():
+    """Every figure `snakemake all` publishes is shown, as the scale's own file
+    figures/{scale}/<name>.pdf (figures/<name>.pdf is its copy for the active scale)."""
     shown = {s.outputs[r.output] for s in STAGES.values() for r in s.report}
-    figures = [t for t in TARGETS if t.startswith("figures/")]
+    figures = [t.replace("figures/", "figures/{scale}/") for t in TARGETS if t.startswith("figures/")]
     assert figures and set(figures) <= shown
     for s in STAGES.values():
         for r in s.report:
@@ -100,16 +102,17 @@ def test_metric_names_declare_units():
 
 def test_caption_data_reads_files_and_directories(tmp_path):
     d = tmp_path / "results/unit/fig2_metrics"
-    d.mkdir(parents=True)
     for n in (100, 1, 10):
-        (d / f"N{n}.json").write_text(json.dumps({"pearson_r": n / 100}))
+        (d / f"N{n}").mkdir(parents=True)
+        (d / f"N{n}/pearson_r.json").write_text(json.dumps({"value": n / 100}))
     (tmp_path / "results/unit/norm.json").write_text('{"c_nats": 1.5}')
     (tmp_path / "results/unit/half.json").write_text('{"c_na')  # being written
     got = caption_data({"m": "results/{scale}/fig2_metrics", "norm": "results/{scale}/norm.json",
                         "absent": "results/{scale}/absent.json", "half": "results/{scale}/half.json"},
                        "unit", tmp_path)
-    assert got == {"scale": "unit", "m": {"N1": {"pearson_r": 0.01}, "N10": {"pearson_r": 0.1},
-                                          "N100": {"pearson_r": 1.0}},
+    assert got == {"scale": "unit", "m": {"N1": {"pearson_r": {"value": 0.01}},
+                                          "N10": {"pearson_r": {"value": 0.1}},
+                                          "N100": {"pearson_r": {"value": 1.0}}},
                    "norm": {"c_nats": 1.5}, "absent": {}, "half": {}}
     assert list(got["m"]) == ["N1", "N10", "N100"]  # natural order
     assert load_json_tree(tmp_path / "nothing") == {}
@@ -146,19 +149,42 @@ def render_caption(name: str, report: dict) -> str:
 
 
 def headline_files(tmp_path, scale="default"):
-    """Synthetic outputs of a run, in the layout of the stage table."""
+    """Synthetic outputs of a run, in the layout of the stage table (headline directories
+    written by dsm.headline, as the stages write them)."""
+    from dsm.headline import Metric, write_metrics_dir
+
     root = tmp_path / "results" / scale
-    (root / "fig2_metrics").mkdir(parents=True)
-    ns = yaml.safe_load((REPO / "params.yaml").read_text())["scales"][scale]["split"]["N"]
-    for n in ns:
-        (root / "fig2_metrics" / f"N{n}.json").write_text(json.dumps({
-            "pearson_r": None if n == 1 else 0.998765, "rms_A_minus_B_db_per_dim": 40.0 / n ** 0.5,
-            "mean_A_minus_B_db_per_dim": 0.0123, "bias_db_per_dim": -0.5234, "bias_sd_db_per_dim": 0.0456}))
-    (root / "fig1").mkdir()
-    (root / "fig1/metrics.json").write_text(json.dumps({
-        "dual_max_abs_err_db_per_dim": 0.1331, "dual_rms_err_db_per_dim": 0.0501,
-        "single_max_abs_err_db_per_dim": 7.634, "single_rms_err_db_per_dim": 3.21}))
-    (root / "full").mkdir()
+    cfg = yaml.safe_load((REPO / "params.yaml").read_text())["scales"][scale]
+    ns, k = cfg["split"]["N"], len(cfg["seeds"])
+    se = (lambda v: v) if k > 1 else (lambda v: None)
+    write_metrics_dir(root / "fig2_metrics", {f"N{n}": {
+        "pearson_r": Metric(None if n == 1 else 0.998765, se=se(0.0001), n=k),
+        "rms_A_minus_B_db_per_dim": Metric(40.0 / n ** 0.5, se=se(0.5), n=k),
+        "mean_A_minus_B_db_per_dim": Metric(0.0123, se=se(0.001), n=k),
+        "bias_db_per_dim": Metric(-0.5234, se=se(0.0456), n=k)} for n in ns})
+    write_metrics_dir(root / "fig1/metrics", {
+        "dual_max_abs_err_db_per_dim": Metric(0.1331), "dual_rms_err_db_per_dim": Metric(0.0501),
+        "single_max_abs_err_db_per_dim": Metric(7.634), "single_rms_err_db_per_dim": Metric(3.21)})
+    write_metrics_dir(root / "full/gumbel", {
+        "loc_db_per_dim": Metric(4.7812, ci95=(4.61, 4.95), n=1000),
+        "scale_db_per_dim": Metric(1.6134, ci95=(1.5, 1.7), n=1000),
+        "entropy_db_per_dim": Metric(-5.712, ci95=(-5.8, -5.6), n=1000),
+        "nll_bits_per_dim": Metric(6.0732, n=1000)})
+    write_metrics_dir(root / "table2_metrics", {
+        "model_8bit_shift_bits_per_dim": Metric(6.1098, se=0.0181, n=1000),
+        "exact_entropy_bits_per_dim": Metric(6.0381, se=0.00001),
+        "model_excess_bits_per_dim": Metric(0.0745, se=0.0021, n=1000)})
+    write_metrics_dir(root / "table1_metrics", {
+        f"psnr{p:+g}": {"energy_psnr_db": Metric(30.0 + p / 10, se=0.1, n=100),
+                        "score_psnr_db": Metric(29.5 + p / 10, se=0.1, n=100),
+                        "energy_minus_score_psnr_db": Metric(0.5, se=0.04, n=100),
+                        **({"optimal_psnr_db": Metric(31.0 + p / 10, se=0.1, n=100)}
+                           if cfg["data"]["source"] == "field" else {})}
+        for p in map(float, cfg["figures"]["table1"]["psnr"])})
+    write_metrics_dir(root / "bias_metrics", {
+        f"{t}_err_db_per_dim": Metric(v, se=0.01) for t, v in (
+            ("norm", 0.01), ("time", -0.1), ("space", -0.05), ("score", -0.15), ("predicted", -0.14),
+            ("direct", -0.2161))})
     (root / "full/norm.json").write_text(json.dumps({"c_nats": -1234.5678, "c_sem_nats": 0.123, "d": 256,
                                                       "n_images": 1000, "t_max": 1000.0}))
     (root / "full/examples.json").write_text(json.dumps({
@@ -185,6 +211,12 @@ def test_captions_quote_the_headline_numbers(tmp_path, scale):
     assert ("0.0456 dB/dim" in fig2) == (len(seeds) > 1)
     fig1 = html["fig1.rst"]
     assert "0.133 dB/dim for dual score matching and 7.63 dB/dim for single" in fig1
+    assert "location 4.78 dB/dim (95 % interval [4.61, 4.95])" in html["gumbel.rst"]
+    assert "location 4.78 and scale 1.61 dB/dim" in html["fig3.rst"]
+    assert "test NLL is 6.1098 +- 0.018 bits/dim" in html["table2.rst"]
+    assert "excess +0.0745 +- 0.0021" in html["table2.rst"]
+    assert "+0.50 dB at" in html["table1.rst"] and "+0.50 +- 0.04" in html["table1.rst"]
+    assert "measured directly -0.216 +- 0.01 dB/dim" in html["bias.rst"]
     assert "c = -1234.57 nats" in html["full_norm.rst"]
     assert "log p = 3.14 dB/dim" in html["examples.rst"] and "test-9" in html["examples.rst"]
     by_n = html["fig2_by_N.rst"]

@@ -270,7 +270,7 @@ def summarize(df: pd.DataFrame) -> dict:
 
 # --- the pipeline stage -------------------------------------------------------------------
 
-HEADLINE_ROWS = {   # headline file -> (total, its standard error) in the totals
+HEADLINE_ROWS = {   # headline term -> (total, its standard error) in the totals
     "norm": ("norm_err_db", "norm_err_se_db"),
     "time": ("time_total_db", "time_total_se_db"),
     "space": ("space_total_db", "space_total_se_db"),
@@ -281,11 +281,13 @@ HEADLINE_ROWS = {   # headline file -> (total, its standard error) in the totals
 
 
 def headline(totals: dict) -> dict:
-    """The headline numbers of the budget, one row per term: ``{norm, time, space, score
-    (time + space), predicted (norm + score), direct (measured at t = 0)}``, each
-    ``{err_db_per_dim, se_db_per_dim}`` (log p error, model - exact, dB/dim); null where the
-    source has no exact density."""
-    return {row: {"err_db_per_dim": totals.get(v), "se_db_per_dim": totals.get(se)}
+    """The headline numbers of the budget, one file per term: ``<term>_err_db_per_dim`` for
+    norm, time, space, score (time + space), predicted (norm + score) and direct (measured
+    at t = 0), each a :class:`dsm.headline.Metric` (log p error, model - exact, dB/dim, and
+    its standard error); null where the source has no exact density."""
+    from dsm.headline import Metric
+
+    return {f"{row}_err_db_per_dim": Metric(totals.get(v), se=totals.get(se))
             for row, (v, se) in HEADLINE_ROWS.items()}
 
 
@@ -306,7 +308,7 @@ def bias_from_params(cfg: dict, model, norm, data, out_csv, out_json, out_metric
     from dsm.data.exact import exact_density
     from dsm.data.store import open_store
     from dsm.evaluate import read_norm
-    from dsm.headline import write_json_dir
+    from dsm.headline import write_metrics_dir
     from dsm.io import code_version, sha256_file, write_json, write_text
     from dsm.modelfile import load_energy_model
     from dsm.runtime import stage_threads
@@ -323,7 +325,7 @@ def bias_from_params(cfg: dict, model, norm, data, out_csv, out_json, out_metric
         write_text(out_csv, "t\n")
         write_json(out_json, result)
         if out_metrics is not None:
-            write_json_dir(out_metrics, headline({}))
+            write_metrics_dir(out_metrics, headline({}))
         return result
     net, payload, _ = load_energy_model(model, cfg.get("device", "auto"))
     norm_info = read_norm(norm, sha256_file(model))
@@ -348,5 +350,5 @@ def bias_from_params(cfg: dict, model, norm, data, out_csv, out_json, out_metric
     write_text(out_csv, df.to_csv(index=False))
     write_json(out_json, result)
     if out_metrics is not None:
-        write_json_dir(out_metrics, headline(result))
+        write_metrics_dir(out_metrics, headline(result))
     return result

@@ -30,8 +30,9 @@ depend on a or b (details are linear in x and the low-pass is left out).
 
 ``dsm contrast`` writes ``results/<scale>/fig4/affine.parquet``,
 ``results/<scale>/fig4/sparsity.parquet``, ``details.json`` (settings, per-slice numbers,
-the correlations with their sample sizes, provenance) and ``metrics.json``, the headline
-numbers (DVC metrics, :func:`headline`): ``pearson_r`` and ``spearman_rho`` of log p against
+the correlations with their sample sizes, provenance) and ``metrics/``, the headline
+numbers (DVC metrics, :func:`headline`; one file each, dsm.headline): ``pearson_r`` and
+``spearman_rho`` (with ``n``, the test images) of log p against
 the participation ratio over the test images, and on an exact source ``exact_pearson_r``,
 ``exact_spearman_rho`` (the same with the exact log p) and ``affine_max_abs_err_db_per_dim``
 (the largest |model − exact| log p over the contrast/brightness grid and slices).
@@ -114,12 +115,17 @@ def correlations(x, y) -> dict:
 def headline(details: dict) -> dict:
     """The headline numbers (see the module's docstring) from the details of
     :func:`contrast_from_params`."""
+    from dsm.headline import Metric
+
     s = details["sparsity"]
-    out = {"pearson_r": s["model"]["pearson_r"], "spearman_rho": s["model"]["spearman_rho"]}
-    if s.get("exact") is not None:
-        out.update(exact_pearson_r=s["exact"]["pearson_r"], exact_spearman_rho=s["exact"]["spearman_rho"])
+    out = {}
+    for prefix, who in (("", "model"), ("exact_", "exact")):
+        if s.get(who) is not None:
+            c = s[who]
+            out[f"{prefix}pearson_r"] = Metric(c["pearson_r"], n=c.get("n"))
+            out[f"{prefix}spearman_rho"] = Metric(c["spearman_rho"], n=c.get("n"))
     if "grid_model_minus_exact_db" in details:
-        out["affine_max_abs_err_db_per_dim"] = details["grid_model_minus_exact_db"]["max_abs"]
+        out["affine_max_abs_err_db_per_dim"] = Metric(details["grid_model_minus_exact_db"]["max_abs"])
     return out
 
 
@@ -227,9 +233,9 @@ def contrast_from_params(cfg: dict, model, norm, data, examples, logp, out: dict
             "max_abs": float((table["logp_db_per_dim"] - table["exact_logp_db_per_dim"]).abs().max())}
     write_json(out["details"], metrics)
     if out.get("metrics") is not None:
-        from dsm.headline import write_headline
+        from dsm.headline import write_metrics_dir
 
-        write_headline(out["metrics"], headline(metrics))
+        write_metrics_dir(out["metrics"], headline(metrics))
     s = metrics["sparsity"]["model"]
     print(f"contrast: {len(table)} transformed images, {len(sparsity)} test images; log p vs participation "
           f"ratio: Pearson {s['pearson_r']}, Spearman {s['spearman_rho']} -> {out['details']}", file=sys.stderr)

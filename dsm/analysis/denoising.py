@@ -25,10 +25,10 @@ difference energy − score is paired (same images, same z):
 model, ``PSNR ± SE``), ``table1.json`` (the details: the numbers, the per-PSNR difference
 energy − score with its standard error, and whether the paper's claim holds: the energy
 model denoises at least as well as the score model at every noise level but the smallest)
-and the headline numbers (DVC metrics) as a directory ``table1_metrics/`` of one file per
-input PSNR p, ``psnr<+p>.json`` (``psnr+90``, ``psnr-30``): ``energy_psnr_db``,
-``score_psnr_db``, ``optimal_psnr_db`` (exact sources), ``energy_minus_score_psnr_db`` and
-its standard error ``difference_se_psnr_db``.
+and the headline numbers (DVC metrics, dsm.headline) as a directory ``table1_metrics/``
+with a folder per input PSNR p, ``psnr<+p>/`` (``psnr+90``, ``psnr-30``), of
+``energy_psnr_db``, ``score_psnr_db``, ``optimal_psnr_db`` (exact sources) and
+``energy_minus_score_psnr_db``, each ``{value, se, n}``.
 """
 
 from __future__ import annotations
@@ -173,13 +173,17 @@ def row_name(input_psnr_db: float) -> str:
 
 def headline(summary: dict) -> dict:
     """``{row_name(p): {energy_psnr_db, score_psnr_db, [optimal_psnr_db],
-    energy_minus_score_psnr_db, difference_se_psnr_db}}`` from :func:`summarize`."""
+    energy_minus_score_psnr_db}}`` of :class:`dsm.headline.Metric` (PSNR or difference,
+    standard error, images) from :func:`summarize`."""
+    from dsm.headline import Metric
+
     out = {}
     for e in summary["by_psnr"]:
-        row = {f"{name}_psnr_db": e[name]["psnr_db"] for name in ("energy", "score", "optimal") if name in e}
+        row = {f"{name}_psnr_db": Metric(e[name]["psnr_db"], se=e[name]["se_db"], n=e[name]["n_images"])
+               for name in ("energy", "score", "optimal") if name in e}
         if "energy_minus_score" in e:
-            row["energy_minus_score_psnr_db"] = e["energy_minus_score"]["diff_db"]
-            row["difference_se_psnr_db"] = e["energy_minus_score"]["se_db"]
+            d = e["energy_minus_score"]
+            row["energy_minus_score_psnr_db"] = Metric(d["diff_db"], se=d["se_db"], n=e["energy"]["n_images"])
         out[row_name(e["input_psnr_db"])] = row
     return out
 
@@ -310,8 +314,8 @@ def table1_from_params(cfg: dict, energy, score, data, out: dict, device=None) -
     }
     write_json(out["json"], result)
     if out.get("metrics") is not None:
-        from dsm.headline import write_json_dir
+        from dsm.headline import write_metrics_dir
 
-        write_json_dir(out["metrics"], headline(summary))
+        write_metrics_dir(out["metrics"], headline(summary))
     print("table1:\n" + table_markdown(summary, names), file=sys.stderr)
     return result

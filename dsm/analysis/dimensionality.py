@@ -31,8 +31,9 @@ d_eff of :meth:`FieldDensity.d_eff` is added to the average curve.
 and t), ``details.json`` (where eq. 11 and eq. 12 agree and where not, the largest
 disagreement and where, settings, provenance), ``d_eff.csv`` (the test-average curve: t,
 ``d_eff_eq11``, ``d_eff_eq12``, ``exact_d_eff_eq11`` and ``exact_d_eff_population``, empty
-without an exact density; a DVC plot) and ``metrics.json``, the headline numbers (DVC
-metrics, :func:`headline`), in dimensions (of d): ``max_abs_gap_dims`` (the largest
+without an exact density; a DVC plot) and ``metrics/``, the headline numbers (DVC
+metrics, :func:`headline`; one file each, dsm.headline), in dimensions (of d):
+``max_abs_gap_dims`` (the largest
 |eq. 11 − eq. 12| of the model over every curve and t), ``trained_max_abs_gap_dims`` (the
 same within the model's training range of t; null if the grid has no point in it),
 ``agreeing_fraction`` (the share of the model's (curve, t) points where the two agree
@@ -248,13 +249,15 @@ def headline(details: dict, in_training_range) -> dict:
         trained = model["within_training_range"]["largest_disagreement"]
     else:
         trained = None
-    out = {"max_abs_gap_dims": abs(model["largest_disagreement"]["gap"]),
-           "trained_max_abs_gap_dims": abs(trained["gap"]) if trained else None,
-           "agreeing_fraction": model["fraction_of_points_agreeing_statistically"]}
+    from dsm.headline import Metric
+
+    out = {"max_abs_gap_dims": Metric(abs(model["largest_disagreement"]["gap"])),
+           "trained_max_abs_gap_dims": Metric(abs(trained["gap"]) if trained else None),
+           "agreeing_fraction": Metric(model["fraction_of_points_agreeing_statistically"])}
     if "exact_consistency" in details:
-        out["exact_max_abs_gap_dims"] = abs(details["exact_consistency"]["largest_disagreement"]["gap"])
+        out["exact_max_abs_gap_dims"] = Metric(abs(details["exact_consistency"]["largest_disagreement"]["gap"]))
         err = details["model_vs_exact_within_training_range"]["max_abs_d_eff_eq11_error_over_d"]
-        out["d_eff_max_abs_err_dims"] = err * d
+        out["d_eff_max_abs_err_dims"] = Metric(err * d)
     return out
 
 
@@ -361,9 +364,9 @@ def dimensionality_from_params(cfg: dict, model, norm, data, examples, out: dict
 
         write_text(out["d_eff"], d_eff_table(df).to_csv(index=False, float_format="%.8g"))
     if out.get("metrics") is not None:
-        from dsm.headline import write_headline
+        from dsm.headline import write_metrics_dir
 
-        write_headline(out["metrics"], headline(metrics, df["in_training_range"]))
+        write_metrics_dir(out["metrics"], headline(metrics, df["in_training_range"]))
     w = metrics["model_consistency"]["largest_disagreement"]
     print(f"dimensionality: largest |eq11 - eq12| = {abs(w['gap']):.3g} ({abs(w['gap_over_d']):.3g} d) "
           f"at t = {w['t']:.3g} ({w['curve']}) -> {out['curves']}", file=sys.stderr)

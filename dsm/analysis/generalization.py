@@ -22,13 +22,14 @@ their standard deviation (``<metric>_sd``, 0 for one replicate) and, for the per
 errors against the exact log p, the largest magnitude over all models
 (``exact_mean_err_db_max_abs``); the per-replicate values are under ``by_seed``.
 
-Outputs of ``dsm compare``: the headline numbers, one small JSON per N (``N<n>.json``
-with the keys of :data:`HEADLINE`, names carrying units; DVC metrics), all of the above
+Outputs of ``dsm compare``: the headline numbers, a folder per N (``N<n>/``) of one file
+per quantity of :data:`HEADLINE` (names carrying units; DVC metrics, dsm.headline), all of the above
 in a details JSON (an output, not a metric), and the per-N table as CSV (DVC plots).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -157,27 +158,38 @@ def aggregate(replicates: list[dict]) -> dict:
     return out
 
 
-# The headline numbers per N (DVC metrics, one small file per N): name -> key of the
-# aggregated per-N metrics. Units are in the names (dsm.pipeline.report.METRIC_UNITS).
+# The headline numbers per N (DVC metrics: a folder N<n>/ of one file per quantity): name ->
+# key of the aggregated per-N metrics. Units are in the names (dsm.pipeline.report.METRIC_UNITS).
 HEADLINE = {
     "pearson_r": "pearson_r",                        # log p_A vs log p_B, own training images
     "rms_A_minus_B_db_per_dim": "rms_db",             # RMS of log p_A - log p_B
     "mean_A_minus_B_db_per_dim": "mean_db",           # mean of log p_A - log p_B
     "bias_db_per_dim": "exact_mean_err_db",           # mean of model - exact log p (exact sources)
-    "bias_sd_db_per_dim": "exact_mean_err_db_sd",     # its standard deviation over replicates
 }
 
 
 def headline(by_n: dict) -> dict:
-    """{"N<n>": {headline name: value}} from the aggregated per-N metrics; the bias keys
-    only where the exact log p is known. Values are means over replicates."""
-    return {f"N{n}": {name: m.get(key) for name, key in HEADLINE.items()
-                      if key in m or not name.startswith("bias")}
-            for n, m in by_n.items()}
+    """``{"N<n>": {name: Metric}}`` from the aggregated per-N metrics: the mean over the
+    replicates, its standard error sd / sqrt(replicates) (none for one replicate) and the
+    number of replicates ``n``; ``bias_db_per_dim`` only where the exact log p is known."""
+    from dsm.headline import Metric
+
+    out = {}
+    for n, m in by_n.items():
+        k = int(m.get("n_seeds", 1))
+        row = {}
+        for name, key in HEADLINE.items():
+            if key not in m:
+                continue
+            sd = m.get(f"{key}_sd")
+            se = sd / math.sqrt(k) if k > 1 and sd is not None else None
+            row[name] = Metric(m[key], se=se, n=k)
+        out[f"N{n}"] = row
+    return out
 
 
 def compare_from_params(cfg: dict, logp, metrics, details, by_n_csv=None) -> dict:
-    """`dsm compare`: the headline numbers (directory ``metrics`` of ``N<n>.json``, DVC
+    """`dsm compare`: the headline numbers (directory ``metrics``, ``N<n>/<quantity>.json``, DVC
     metrics), everything (``details`` JSON: all per-N metrics with their spread, the
     per-replicate values, provenance) and a per-N CSV (DVC plots). Returns the details."""
     from dsm.io import code_version, write_json, write_text
@@ -199,10 +211,10 @@ def compare_from_params(cfg: dict, logp, metrics, details, by_n_csv=None) -> dic
         "by_N": by_n,
         "by_seed": by_seed,
     }
-    from dsm.headline import finite, write_json_dir
+    from dsm.headline import finite, write_metrics_dir
 
     write_json(details, finite(out))
-    write_json_dir(metrics, headline(by_n))
+    write_metrics_dir(metrics, headline(by_n))
     if by_n_csv is not None:
         rows = [{"N": int(n), **m} for n, m in by_n.items()]
         write_text(by_n_csv, pd.DataFrame(rows).to_csv(index=False))

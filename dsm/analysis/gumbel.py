@@ -29,11 +29,11 @@ Units follow the column's name: ``*db_per_dim`` (log p, dB/dim), ``*nats_per_dim
 ``*energy_nats`` (-log p in nats, converted per dimension with the table's ``d``); other
 columns are fitted as they are, without entropy conversions.
 
-Outputs (``dsm gumbel``): the **headline numbers** (DVC metrics), a directory of one file
-per quantity sharing their keys, so ``dvc metrics show`` prints them as a table: ``loc``,
-``scale``, ``entropy`` ``{estimate, ci95_lo, ci95_hi}`` and ``nll`` ``{estimate}``, the keys
-carrying the unit (``estimate_db_per_dim``, ``estimate_bits_per_dim``); and the **details**
-JSON (every family's fit, AIC, KS, ``best_by_aic``, the bootstrap, quantiles, provenance).
+Outputs (``dsm gumbel``): the **headline numbers** (DVC metrics, dsm.headline), a directory
+of one file per quantity, its name carrying the unit: ``loc_<u>``, ``scale_<u>`` (``<u>`` the
+column's unit, ``db_per_dim`` for log p) and ``entropy_db_per_dim``, each ``{value, ci95_lo,
+ci95_hi, n}``, and ``nll_bits_per_dim`` ``{value, n}``; and the **details** JSON (every
+family's fit, AIC, KS, ``best_by_aic``, the bootstrap, quantiles, provenance).
 
 Bad input (no file, not Parquet, missing or non-numeric column, any NaN or infinite
 value, fewer than 10 values, no spread) is a :class:`DsmError` naming the file and column.
@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from dsm.errors import DsmError
+from dsm.headline import Metric
 
 LOGP = "logp_db_per_dim"
 MIN_VALUES = 10
@@ -205,12 +206,11 @@ def summarize(x: np.ndarray, column: str = LOGP, resamples: int = 1000, seed: in
               d: int | None = None) -> tuple[dict, dict]:
     """``(headline, details)`` of a checked sample ``x`` of ``column``.
 
-    headline (the DVC metrics: one row per quantity, the keys carry the column's unit
-    ``<u>``): ``loc`` and ``scale`` of the gumbel_r fit, each ``{estimate_<u>, ci95_lo_<u>,
-    ci95_hi_<u>}`` (95 % percentile bootstrap); where the unit allows, ``entropy``
-    ``{estimate_db_per_dim, ci95_lo_db_per_dim, ci95_hi_db_per_dim}`` (-mean log p, its
-    interval from the same resamples) and ``nll`` ``{estimate_bits_per_dim}`` (the same
-    entropy in bits/dim of the 8-bit convention: the test set's mean NLL).
+    headline (the DVC metrics, :class:`dsm.headline.Metric` by file name, the names carry
+    the column's unit ``<u>``): ``loc_<u>`` and ``scale_<u>`` of the gumbel_r fit with their
+    95 % percentile bootstrap interval; where the unit allows, ``entropy_db_per_dim``
+    (-mean log p, its interval from the same resamples) and ``nll_bits_per_dim`` (the same
+    entropy in bits/dim of the 8-bit convention: the test set's mean NLL); ``n``: images.
     details: n_images, every family's fit (fits), best_by_aic and aic_margin, the bootstrap,
     the sample's mean, range and quantiles, the entropy in every unit, conventions in words.
     """
@@ -222,8 +222,9 @@ def summarize(x: np.ndarray, column: str = LOGP, resamples: int = 1000, seed: in
     g = fits["gumbel_r"]
     ranked = sorted(fits, key=lambda n: fits[n]["aic"])
     mean, sd = float(np.mean(x)), float(np.std(x, ddof=1))
-    headline = {name: {f"estimate_{u}": g["params"][name], f"ci95_lo_{u}": boot[name][0],
-                       f"ci95_hi_{u}": boot[name][1]} for name in ("loc", "scale")}
+    n = int(len(x))
+    headline = {f"{name}_{u}": Metric(g["params"][name], ci95=tuple(boot[name]), n=n)
+                for name in ("loc", "scale")}
     details = {
         "column": column, "unit": unit["label"], "n_images": int(len(x)),
         "gumbel_r": {"loc": g["params"]["loc"], "scale": g["params"]["scale"],
@@ -250,9 +251,8 @@ def summarize(x: np.ndarray, column: str = LOGP, resamples: int = 1000, seed: in
         h = float(h)
         # the conversion is affine, so the interval's ends map to the interval of the entropy
         ends = sorted(10.0 * float(to_nats(v, d)) / LN10 for v in boot["mean"])
-        headline["entropy"] = {"estimate_db_per_dim": 10.0 * h / LN10, "ci95_lo_db_per_dim": ends[0],
-                               "ci95_hi_db_per_dim": ends[1]}
-        headline["nll"] = {"estimate_bits_per_dim": 8.0 + h / LN2}
+        headline["entropy_db_per_dim"] = Metric(10.0 * h / LN10, ci95=(ends[0], ends[1]), n=n)
+        headline["nll_bits_per_dim"] = Metric(8.0 + h / LN2, n=n)
         details["entropy"] = {
             "db_per_dim": 10.0 * h / LN10, "ci95_db_per_dim": ends, "nats_per_dim": h,
             "bits_per_dim_8bit": 8.0 + h / LN2,
@@ -279,11 +279,12 @@ def default_details_path(out) -> Path:
 
 def gumbel_from_params(cfg: dict, logp, out, details=None, column: str = LOGP) -> dict:
     """`dsm gumbel`: fit ``column`` of the table ``logp``; write the headline numbers as the
-    directory ``out`` (DVC metrics: ``loc.json``, ``scale.json``, ``entropy.json``,
-    ``nll.json``, one row each) and the full report ``details`` (default: OUT-details.json
+    directory ``out`` (DVC metrics: ``loc_db_per_dim.json``, ``scale_db_per_dim.json``,
+    ``entropy_db_per_dim.json``, ``nll_bits_per_dim.json`` for a dB/dim column, one row
+    each) and the full report ``details`` (default: OUT-details.json
     beside it). Params: ``gumbel.bootstrap`` (resamples), ``gumbel.seed``. Nothing is
     written when the input is bad. Returns the details."""
-    from dsm.headline import write_json_dir
+    from dsm.headline import write_metrics_dir
     from dsm.io import code_version, sha256_file, write_json
 
     g = (cfg or {}).get("gumbel") or {}
@@ -302,7 +303,7 @@ def gumbel_from_params(cfg: dict, logp, out, details=None, column: str = LOGP) -
     details = Path(details) if details is not None else default_details_path(out)
     report = {**report, "dataset": prov.get("dataset"), "provenance": prov}
     write_json(details, report)
-    write_json_dir(out, headline)
+    write_metrics_dir(out, headline)
     fit, s = report["gumbel_r"], report["sample"]
     entropy = f", entropy {report['entropy']['db_per_dim']:.4g} dB/dim" if "entropy" in report else ""
     print(f"gumbel: loc {fit['loc']:.4g} [{fit['loc_ci95'][0]:.4g}, {fit['loc_ci95'][1]:.4g}], scale "

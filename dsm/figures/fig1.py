@@ -20,9 +20,10 @@ Outputs of :func:`fig1_from_params` in OUT:
                 exact energy landscape U(y, t) of a 1-D two-Gaussian mixture
                 (``fig1.landscape``) over (y, ln t), with the t = 0 path between the
                 modes (a barrier) and a path through larger t (no barrier): no training.
-  metrics.json  the headline numbers (DVC metrics): max and RMS |error| of log p in
-                dB/dim over r/√d ∈ r_range, raw, for dual and single score matching
-                (:data:`HEADLINE`; no timings, so the file is byte-reproducible).
+  metrics/      the headline numbers (DVC metrics, dsm.headline): max and RMS |error| of
+                log p in dB/dim over r/√d ∈ r_range, raw, for dual and single score
+                matching, one file each (:data:`HEADLINE`; no timings, so the files are
+                byte-reproducible).
   details.json  everything: per method, |error| of log p in dB/dim over r/√d ∈ r_range
                 (uniform grid): max and RMS raw, and after the best constant shift (the
                 minimax shift (max+min)/2 for the max, the mean shift for the RMS); the
@@ -45,6 +46,7 @@ from dsm import units
 from dsm.data.gsm import GaussianScaleMixture
 from dsm.errors import DsmError
 from dsm.figures.output import save_figure
+from dsm.headline import Metric, write_metrics_dir
 from dsm.io import code_version, write_json, write_text
 from dsm.nets.gsm_mlp import GSMMLPEnergy
 from dsm.normalization import normalization_constant
@@ -52,7 +54,7 @@ from dsm.objectives import dual_score_matching_loss
 
 METHODS = ("ssm", "dsm")
 LABELS = {"true": "Ground truth", "ssm": "Single SM", "dsm": "Dual SM"}
-# metrics.json (DVC metrics): headline name -> (method, key of its error metrics)
+# metrics/<name>.json (DVC metrics): headline name -> (method, key of its error metrics)
 HEADLINE = {"dual_max_abs_err_db_per_dim": ("dsm", "max_abs"),
             "dual_rms_err_db_per_dim": ("dsm", "rms"),
             "single_max_abs_err_db_per_dim": ("ssm", "max_abs"),
@@ -164,7 +166,7 @@ def radial_curves(model, gsm: GaussianScaleMixture, rho: np.ndarray, t: float, c
 
 
 def run_fig1(p: dict, out, device=None) -> dict:
-    """Run the experiment with resolved parameters ``p``; write OUT/{fig1.pdf, metrics.json,
+    """Run the experiment with resolved parameters ``p``; write OUT/{fig1.pdf, metrics/,
     details.json, curves.csv}; return the details."""
     out = Path(out)
     gsm = GaussianScaleMixture(p["d"], tuple(p["sigmas"]), tuple(p["weights"]))
@@ -236,7 +238,7 @@ def run_fig1(p: dict, out, device=None) -> dict:
     _write_curves(out / "curves.csv", curves)
     plot_fig1(curves, x_train, p, out / "fig1.pdf", landscape=landscape)
     write_json(out / "details.json", metrics)
-    write_json(out / "metrics.json", {name: metrics[m][key] for name, (m, key) in HEADLINE.items()})
+    write_metrics_dir(out / "metrics", {name: Metric(metrics[m][key]) for name, (m, key) in HEADLINE.items()})
     return metrics
 
 

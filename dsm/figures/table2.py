@@ -9,9 +9,9 @@ conventions are :mod:`dsm.analysis.nll`'s. Written three ways, the same numbers:
 ``table2.md`` (Markdown, conventions as notes) and ``table2.tex`` (a LaTeX ``table`` with
 booktabs rules); and the headline numbers (DVC metrics) as a directory
 ``results/<scale>/table2_metrics/`` of one file per row that applies, named by the row's
-key (``model_8bit_shift``, ``model_dequantized``, ``exact_test``, ``exact_entropy``,
-``model_excess``), each ``{mean_bits_per_dim, se_bits_per_dim}`` (``dvc metrics show``
-prints them as the table).
+key and the unit (``model_8bit_shift_bits_per_dim.json``, ``model_dequantized_...``,
+``exact_test_...``, ``exact_entropy_...``, ``model_excess_...``), each ``{value, se, n}``
+(dsm.headline; ``dvc metrics show`` prints them as the table).
 """
 
 from __future__ import annotations
@@ -93,9 +93,11 @@ def to_latex(rows, context: dict) -> str:
 
 
 def headline(rows) -> dict:
-    """The headline numbers of Table 2: ``{row key: {mean_bits_per_dim, se_bits_per_dim}}``
-    for every row that applies (bits/dim of the row's convention; the excess has no shift)."""
-    return {r["key"]: {"mean_bits_per_dim": r["bits_per_dim"], "se_bits_per_dim": r["se_bits_per_dim"]}
+    """The headline numbers of Table 2: ``{<row key>_bits_per_dim: Metric(mean, se, n)}`` for
+    every row that applies (bits/dim of the row's convention; the excess has no shift)."""
+    from dsm.headline import Metric
+
+    return {f"{r['key']}_bits_per_dim": Metric(r["bits_per_dim"], se=r["se_bits_per_dim"], n=r["n_images"])
             for r in rows if r["applies"]}
 
 
@@ -133,9 +135,9 @@ def table2_from_params(cfg: dict, logp, data, model, norm, csv, md, tex, metrics
     write_text(md, to_markdown(rows, context))
     write_text(tex, to_latex(rows, context))
     if metrics is not None:
-        from dsm.headline import write_json_dir
+        from dsm.headline import write_metrics_dir
 
-        write_json_dir(metrics, headline(rows))
+        write_metrics_dir(metrics, headline(rows))
     shown = ", ".join(f"{r['key']} {_num(r['bits_per_dim'])}" for r in rows)
     print(f"table2: bits/dim {shown} -> {csv}, {md}, {tex}", file=sys.stderr)
     return rows

@@ -1,11 +1,12 @@
 """What a reader sees of the results: the names of headline metrics, and the numbers the
 captions of the Snakemake report quote.
 
-**Headline metrics** (the DVC metrics files, ``dvc metrics show``) hold a few numbers each,
-every one named so that its unit is read off the name: it ends with a suffix of
-:data:`METRIC_UNITS` (``rms_A_minus_B_db_per_dim``, ``nll_bits_per_dim``, ``pearson_r``).
-Everything else (training logs, parameters, alternatives, per-seed values, timings) goes
-to a details file that is an output, not a metric.
+**Headline metrics** (the DVC metrics files, ``dvc metrics show``; written by
+:mod:`dsm.headline`) hold one quantity each, ``{value, se, ci95_lo, ci95_hi, n}``, the file
+named so that its unit is read off the name: the stem ends with a suffix of
+:data:`METRIC_UNITS` (``rms_A_minus_B_db_per_dim.json``, ``nll_bits_per_dim.json``,
+``pearson_r.json``). Everything else (training logs, parameters, alternatives, per-seed
+values, timings) goes to a details file that is an output, not a metric.
 
 **Caption data**: the numbers of the run a caption describes.
 
@@ -16,8 +17,9 @@ Jinja then docutils when ``snakemake --report`` runs):
 
 * ``scale``: the scale's name;
 * ``<name>``: the JSON of that file; for a directory, ``{stem: JSON}`` of its ``*.json``
-  files in natural order (``N10`` before ``N100``), so a caption can loop over them;
-  ``{}`` where the file is absent (the DAG is built before the outputs exist).
+  files and ``{name: {...}}`` of its subdirectories, in natural order (``N10`` before
+  ``N100``), so a caption can loop over them (``m.N100.pearson_r.value``); ``{}`` where the
+  file is absent (the DAG is built before the outputs exist).
 
 Only small JSON files belong here (headline metrics, normalization constants, lists of
 examples): the dict is also shown with the job's parameters in the report.
@@ -29,7 +31,7 @@ import json
 import re
 from pathlib import Path
 
-# unit suffix (or whole name) of a headline metric -> the unit it declares
+# unit suffix (or whole name) of a headline file's stem -> the unit it declares
 METRIC_UNITS = {
     "_db_per_dim": "dB/dim (log p: -10 U / (d ln 10))",
     "_nats_per_dim": "nats/dim",
@@ -57,13 +59,16 @@ def _natural(name: str):
 
 
 def load_json_tree(path) -> dict:
-    """A JSON file's content, or ``{stem: content}`` of a directory's ``*.json`` files
-    (natural order); ``{}`` when ``path`` does not exist or is not valid JSON yet."""
+    """A JSON file's content, or for a directory ``{stem: content}`` of its ``*.json`` files
+    and ``{name: tree}`` of its subdirectories (natural order); ``{}`` when ``path`` does not
+    exist or is not valid JSON yet."""
     path = Path(path)
     try:
         if path.is_dir():
-            files = sorted(path.glob("*.json"), key=lambda f: _natural(f.stem))
-            return {f.stem: json.loads(f.read_text()) for f in files}
+            entries = [p for p in path.iterdir() if p.is_dir() or p.suffix == ".json"]
+            entries = [p for p in entries if not p.name.startswith(".")]
+            return {(p.name if p.is_dir() else p.stem): load_json_tree(p)
+                    for p in sorted(entries, key=lambda p: _natural(p.stem))}
         if path.is_file():
             return json.loads(path.read_text())
     except (OSError, ValueError):

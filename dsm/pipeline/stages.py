@@ -1,8 +1,10 @@
 """The stage table: every pipeline stage written once.
 
-Snakemake (``workflow/rules/*.smk``, one thin rule per stage) and DVC (``dvc.yaml``,
-generated from this table by ``dsm sync dvc-yaml``) both read it, so the two cannot
-disagree about a stage's command, inputs, outputs, parameters or code.
+Snakemake (``workflow/rules/stages.smk``: one rule per entry, defined in a loop), DVC
+(``dvc.yaml``, generated from this table by ``dsm sync dvc-yaml``) and the ``dsm``
+command line (its pipeline subcommands) all read it, so they cannot disagree about a
+stage's command, inputs, outputs, parameters or code. Adding a stage is its function and
+its entry here (docs/DESIGN.md, "Adding a stage").
 
 A :class:`Stage` names
 
@@ -19,13 +21,26 @@ A :class:`Stage` names
   (the subcommand is the name unless ``subcommand`` says otherwise), with
   ``{input.x}``/``{output.x}`` for the named paths and the wildcards;
 * ``resources``: the group of the scale's ``resources:`` section (threads, memory, time,
-  GPUs); the group's ``threads`` is also the stage's torch thread count (dsm.runtime).
+  GPUs); the group's ``threads`` is also the stage's torch thread count (dsm.runtime);
+* ``priority``: Snakemake's job priority (long jobs first, so the cores stay busy to the end);
+* ``local``: a copy, run by Snakemake on the submitting host (``localrule``), not on a cluster.
+
+The ``dsm`` subcommand of a stage is derived from the same entry (``dsm/cli_pipeline.py``):
+its options are the ``--flags`` of ``args`` (given a value in the ``args`` of every stage
+that runs the subcommand: required; given without one: a flag; ``{N}`` and ``{seed}``:
+integers; ``{split}``: A or B), with the help texts of ``options`` (or of
+:data:`OPTION_HELP`), plus the options that only ``options`` names (``--device``). The
+subcommand calls ``<entry>.<subcommand>_from_params(cfg, **options)`` (or ``call``), ``cfg``
+the scale section. ``doc`` is the subcommand's one-line help, ``description`` its
+``--help`` text. Several stages may run one subcommand (``train``, ``train_full``,
+``train_score``): the first in the table declares its texts and options.
 
 What a reader sees of a stage's outputs is declared on the same entry (names of outputs):
 
-* ``metrics``: outputs that are DVC metrics (``dvc metrics show/diff``): small JSON files
-  (or directories of them) of headline numbers whose names carry their unit
-  (:data:`dsm.pipeline.report.METRIC_UNITS`); everything else goes to a details file;
+* ``metrics``: outputs that are DVC metrics (``dvc metrics show/diff``): directories of
+  headline files (:mod:`dsm.headline`), one quantity per file named with its unit
+  (:data:`dsm.pipeline.report.METRIC_UNITS`), keys ``value``, ``se``, ``ci95_lo``,
+  ``ci95_hi``, ``n``; everything else goes to a details file;
 * ``plots``: :class:`Plot` entries, DVC plots (``dvc plots show``) of a CSV output;
 * ``report``: :class:`Report` entries, outputs shown in ``snakemake --report`` with a
   caption (``workflow/report/<caption>``), a category (:data:`REPORT_CATEGORIES`) and
@@ -33,9 +48,11 @@ What a reader sees of a stage's outputs is declared on the same entry (names of 
 
 Wildcards: a stage whose outputs contain ``{seed}``, ``{N}`` and ``{split}`` runs once per
 A/B model (Snakemake wildcards, DVC ``matrix``): seed over the scale's ``seeds`` (one
-replicate per base seed), N over ``split.N``, split over A and B. A stage whose outputs do not contain ``{scale}``
-(the figures) belongs to the active scale (params.yaml ``run``, or Snakemake's
-``--config scale=NAME``).
+replicate per base seed), N over ``split.N``, split over A and B. A stage whose outputs do
+not contain ``{scale}`` belongs to the active scale (params.yaml ``run``, or Snakemake's
+``--config scale=NAME``): the ``publish_*`` stages, which copy each figure of the active
+scale, ``figures/<scale>/<name>.pdf``, to ``figures/<name>.pdf``, so that every scale keeps
+its own figures and ``snakemake figures/fig2.pdf`` builds the active scale's.
 """
 
 from __future__ import annotations
@@ -107,6 +124,25 @@ class Report:
 
 
 @dataclass(frozen=True)
+class Opt:
+    """An option of a stage's ``dsm`` subcommand (:attr:`Stage.options`, keyed by its flag,
+    or by its name for a positional argument): the help text, and what ``args`` cannot show.
+
+    ``dest``: the keyword of the called function (default: the flag's name, lower case,
+    ``-`` as ``_``); ``a.b`` puts the value under key ``b`` of the dict keyword ``a``.
+    ``required``: ``None`` derives it (given a value in every stage's ``args``);
+    ``False`` keeps an output optional for a user who runs the subcommand alone."""
+
+    help: str
+    type: type | None = None
+    choices: tuple = ()
+    dest: str | None = None
+    required: bool | None = None
+    default: object = None
+    metavar: str | None = None
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     entry: str | None
@@ -119,18 +155,23 @@ class Stage:
     subcommand: str | None = None     # the `dsm` subcommand, if not the stage's name
     directories: tuple[str, ...] = ()  # output names that are directories
     exec_: bool = False               # `exec` the command: SIGTERM reaches it (training)
-    benchmark: bool = False           # heavy stage: Snakemake `benchmark:`
-    doc: str = ""
+    local: bool = False               # a copy: Snakemake runs it on the submitting host
+    priority: int = 0                 # Snakemake `priority:` (PRIORITY): long jobs first
+    doc: str = ""                     # one line: the subcommand's help
     metrics: tuple[str, ...] = ()      # output names that are DVC metrics (headline numbers)
     plots: tuple[Plot, ...] = ()       # DVC plots of outputs
     report: tuple[Report, ...] = ()    # outputs shown in `snakemake --report`
+    # the `dsm` subcommand (dsm/cli_pipeline.py): see the module's docstring
+    description: str = ""             # `dsm <subcommand> --help` (default: doc)
+    options: dict = field(default_factory=dict)  # flag -> help text or Opt
+    call: str | None = None           # "module:function" if not entry.<subcommand>_from_params
+    params_optional: bool = False     # no params file: the schema's defaults of what it reads
 
     # --- derived --------------------------------------------------------------------
     @property
     def wildcards(self) -> tuple[str, ...]:
-        """The wildcards every output has; a placeholder that only some outputs have (the
-        scale of ``results/{scale}/fig3/hist.csv`` beside ``figures/fig3.pdf``) is filled
-        with the active scale, as in the outputs without it."""
+        """The wildcards every output has; a placeholder that only some outputs have is
+        filled with the active scale, as in the outputs without it."""
         sets = [set(_PLACEHOLDER.findall(p)) for p in self.outputs.values()]
         found = set.intersection(*sets) if sets else set()
         return tuple(w for w in ("scale", *MODEL_WILDCARDS) if w in found)
@@ -143,12 +184,16 @@ class Stage:
         """The stage's code dependencies: files of its entry module's import closure."""
         return code_files(self.entry, root) if self.entry else []
 
+    @property
+    def cli(self) -> str | None:
+        """The ``dsm`` subcommand the stage runs (None: a shell ``command``)."""
+        return None if self.command is not None else (self.subcommand or self.name)
+
     def full_command(self) -> str:
         """The command in neutral syntax ({input.x}, {output.x}, {scale}, {N}, {split})."""
         if self.command is not None:
             return self.command
-        sub = self.subcommand or self.name
-        return f"dsm {sub} --params {PARAMS_FILE} --scale {{scale}} {self.args}".strip()
+        return f"dsm {self.cli} --params {PARAMS_FILE} --scale {{scale}} {self.args}".strip()
 
     def log(self) -> str:
         return self._under("logs", ".log")
@@ -157,9 +202,11 @@ class Stage:
         return self._under("benchmarks", ".tsv")
 
     def _under(self, top: str, suffix: str) -> str:
-        scale = "{scale}/" if "scale" in self.wildcards else ""
+        """``<top>/{scale}/<name>[/seed{seed}/N{N}-{split}]<suffix>``: per scale also for a
+        stage of the active scale (its {scale} is filled in), so ``dsm cost`` finds every job
+        of a scale under ``benchmarks/<scale>/``."""
         model = "/seed{seed}/N{N}-{split}" if self.per_model else ""
-        return f"{top}/{scale}{self.name}{model}{suffix}"
+        return f"{top}/{{scale}}/{self.name}{model}{suffix}"
 
 
 MODEL = "models/{scale}/seed{seed}/N{N}-{split}/model.pt"
@@ -173,25 +220,36 @@ FULL_SCORE_MODEL = "models/{scale}/full-score/model.pt"
 FULL_NORM = "results/{scale}/full/norm.json"
 FULL_LOGP = "results/{scale}/full/logp-test.parquet"
 EXAMPLES = "results/{scale}/full/examples.json"
-GUMBEL = "results/{scale}/full/gumbel"             # headline numbers: loc.json, scale.json, ...
+GUMBEL = "results/{scale}/full/gumbel"             # headline numbers: loc_db_per_dim.json, ...
 GUMBEL_DETAILS = "results/{scale}/full/gumbel-details.json"
 PROBES = "results/{scale}/full/probes.json"
 TABLE2 = {"csv": "results/{scale}/table2.csv", "md": "results/{scale}/table2.md",
           "tex": "results/{scale}/table2.tex"}
 TABLE2_METRICS = "results/{scale}/table2_metrics"
-FIG678 = {"highest": "figures/fig6.pdf", "lowest": "figures/fig7.pdf", "spaced": "figures/fig8.pdf"}
 FIG678_SELECTION = "results/{scale}/fig678.json"
 TABLE1 = "results/{scale}/table1"
 TABLE1_METRICS = TABLE1 + "_metrics"
 FIG5_DIR = "results/{scale}/fig5"
 FIG4_DIR = "results/{scale}/fig4"
+FIG5_METRICS = FIG5_DIR + "/metrics"
+FIG4_METRICS = FIG4_DIR + "/metrics"
 BIAS_METRICS = "results/{scale}/bias_metrics"
-FIG1_METRICS = "results/{scale}/fig1/metrics.json"
+FIG1_METRICS = "results/{scale}/fig1/metrics"
 FIG2_METRICS = "results/{scale}/fig2_metrics"
 FIG2_DETAILS = "results/{scale}/fig2_details.json"
 FIG2_BY_N = "results/{scale}/fig2_by_N.csv"
 ESTIMATORS_CSV = "results/{scale}/estimators.csv"
 ESTIMATORS_IMAGES = "results/{scale}/estimators-images.parquet"
+
+
+def figure(name: str) -> str:
+    """A figure of a scale; ``figures/<name>.pdf`` is the active scale's copy (``publish_<name>``)."""
+    return f"figures/{{scale}}/{name}.pdf"
+
+
+FIG678 = {"highest": figure("fig6"), "lowest": figure("fig7"), "spaced": figure("fig8")}
+# the figures published for the active scale, in the paper's order
+FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "bias", "estimators")
 
 # Sections of the Snakemake report, in the paper's order (Report.category is a key).
 REPORT_CATEGORIES = {
@@ -205,36 +263,75 @@ REPORT_CATEGORIES = {
 DVC_TEMPLATES = ("linear", "simple", "scatter", "scatter_jitter", "smooth", "confusion",
                  "confusion_normalized", "bar_horizontal", "bar_horizontal_sorted")
 TRAIN_READS = ("model", "train", "resources.train.threads")
+# copied beside the output, then renamed: a kill never leaves a partial file in place
+COPY = "cp {input.pdf} {output.pdf}.part && mv -f {output.pdf}.part {output.pdf}"
+# Snakemake priorities: among the jobs ready to run, the longest start first (Figure 1's
+# two trainings and the full models, then the A/B models and the split that gates them),
+# so the short analyses fill the cores at the end instead of one long job running alone.
+LONGEST, LONG = 20, 10
+
+# Help of the options that mean the same in every subcommand; a stage's `options` overrides.
+OPTION_HELP = {
+    "--data": "prepared store directory (from `dsm prepare`)",
+    "--splits": "splits Parquet (from `dsm split`)",
+    "--model": "trained energy model (model.pt)",
+    "--norm": "its normalization JSON (from `dsm normalize`)",
+    "--logp": "per-image table of the test set (from `dsm evaluate --full`)",
+    "--examples": "reference images JSON (from `dsm examples`)",
+    "--N": "training set size",
+    "--split": "which training set",
+    "--device": "override the scale's device: auto, cpu, cuda, cuda:1 ...",
+}
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage(
         name="prepare", entry="dsm.data.prepare", reads=("data",),
         inputs={}, outputs={"images": IMAGES}, directories=("images",),
-        args="--out {output.images}", resources="data", benchmark=True,
-        doc="prepare the data source into the image store (train/ and test/ parts)"),
+        args="--out {output.images}", resources="data",
+        doc="prepare a data source into the image store (train/ and test/ parts)",
+        description="Prepare the data source of the scale (its data.* keys) into the store OUT: "
+                    "OUT/train and OUT/test.",
+        options={"--out": "output directory of the prepared store"},
+        call="dsm.cli_pipeline:prepare"),
     Stage(
         name="split", entry="dsm.data.splits", reads=("split",),
         inputs={"data": IMAGES}, outputs={"splits": SPLITS_FILE},
-        args="--data {input.data} --out {output.splits}", resources="light",
-        doc="the disjoint nested A/B training sets for every N"),
+        args="--data {input.data} --out {output.splits}", resources="light", priority=LONG,
+        doc="write the disjoint nested A/B training splits",
+        description="A = the first N, B = the last N training images, for each N of split.N.",
+        options={"--out": "output Parquet file of the splits"},
+        call="dsm.cli_pipeline:split"),
     Stage(
         name="train", entry="dsm.train", reads=TRAIN_READS,
         inputs={"data": IMAGES, "splits": SPLITS_FILE}, outputs={"model": MODEL},
         args="--data {input.data} --splits {input.splits} --N {N} --split {split} --seed {seed}"
              " --out models/{scale}/seed{seed}/N{N}-{split}",
-        resources="train", exec_=True, benchmark=True,
-        doc="train one energy model on the N images of set A or B (resumes when rerun)"),
+        resources="train", exec_=True, priority=LONG,
+        doc="train one model (set A or B of size N, or all images: --full); resumes from OUT",
+        description="Train one model on split SPLIT of size N (or, with --full, on every training "
+                    "image). Rerunning the same command resumes from OUT/checkpoints/latest (if the "
+                    "config hash matches); SIGTERM or SIGUSR1 writes a checkpoint and exits with "
+                    "128+signal. CPU threads: resources.train.threads of the scale.",
+        options={"--splits": "splits Parquet (from `dsm split`); not with --full",
+                 "--seed": "base seed of the replicate (one of the scale's `seeds`); the model's own "
+                           "seed is derived from it, N and the split (train.pairing)",
+                 "--full": "train on the whole training set (base seed: full.seed of the scale)",
+                 "--kind": Opt("override model.kind (score: the score-only baseline of Table 1)",
+                               choices=("energy", "score")),
+                 "--out": "run directory (checkpoints, metrics, model.pt)",
+                 "--device": OPTION_HELP["--device"]},
+        call="dsm.cli_pipeline:train"),
     Stage(
         name="train_full", entry="dsm.train", subcommand="train", reads=TRAIN_READS + ("full",),
         inputs={"data": IMAGES}, outputs={"model": FULL_MODEL},
         args="--data {input.data} --full --out models/{scale}/full",
-        resources="train", exec_=True, benchmark=True,
+        resources="train", exec_=True, priority=LONGEST,
         doc="the full energy model: every training image, the same recipe"),
     Stage(
         name="train_score", entry="dsm.train", subcommand="train", reads=TRAIN_READS + ("full",),
         inputs={"data": IMAGES}, outputs={"model": FULL_SCORE_MODEL},
         args="--data {input.data} --full --kind score --out models/{scale}/full-score",
-        resources="train", exec_=True, benchmark=True,
+        resources="train", exec_=True, priority=LONGEST,
         doc="the score-only baseline (Table 1): the full model's data, recipe and seed"),
     Stage(
         name="normalize", entry="dsm.evaluate",
@@ -242,15 +339,23 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                "evaluate.norm_entropy", "evaluate.norm_t", "resources.evaluate.threads"),
         inputs={"model": MODEL, "data": IMAGES}, outputs={"norm": NORM},
         args="--model {input.model} --data {input.data} --out {output.norm}",
-        resources="evaluate", benchmark=True,
-        doc="the model's normalization constant from held-out images at T = evaluate.norm_t"),
+        resources="evaluate",
+        doc="the model's normalization constant from held-out images at T = evaluate.norm_t",
+        description="The constant c of U + c = -log p: c = H - mean U(x + sqrt(T) z, T) over the "
+                    "first evaluate.n_norm test images, one noise draw z each (evaluate.noise_seed), "
+                    "at T = evaluate.norm_t (null: the model's training t_max); H is the entropy of "
+                    "a Gaussian for the noisy images at T (evaluate.norm_entropy: isotropic, "
+                    "data_variance or data_covariance).",
+        options={"--model": "trained model file (model.pt)",
+                 "--data": "prepared store directory (its test part is used)",
+                 "--out": "output JSON", "--device": OPTION_HELP["--device"]}),
     Stage(
         name="normalize_full", entry="dsm.evaluate", subcommand="normalize",
         reads=("evaluate.n_norm", "evaluate.batch_size", "evaluate.noise_seed",
                "evaluate.norm_entropy", "evaluate.norm_t", "resources.evaluate.threads"),
         inputs={"model": FULL_MODEL, "data": IMAGES}, outputs={"norm": FULL_NORM},
         args="--model {input.model} --data {input.data} --out {output.norm}",
-        resources="evaluate", benchmark=True,
+        resources="evaluate",
         doc="the full model's normalization constant",
         report=(Report("norm", "full_norm.rst", "density", "Full model", data={"norm": FULL_NORM}),)),
     Stage(
@@ -260,15 +365,23 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         outputs={"logp": LOGP},
         args="--model {input.model} --norm {input.norm} --data {input.data}"
              " --splits {input.splits} --N {N} --split {split} --out {output.logp}",
-        resources="evaluate", benchmark=True,
-        doc="per-image log p of the model on its own, the other set's and test images"),
+        resources="evaluate",
+        doc="per-image log p of a model into Parquet",
+        description="One-shot log p at t = 0 on the model's own, the other set's and test images "
+                    "(at most evaluate.max_per_set of each); with --full, on every test image (a "
+                    "model trained with `dsm train --full`).",
+        options={"--model": "trained model file (model.pt)",
+                 "--splits": "splits Parquet (from `dsm split`); not with --full",
+                 "--full": "every test image, streamed",
+                 "--out": "output Parquet", "--device": OPTION_HELP["--device"]},
+        call="dsm.cli_pipeline:evaluate"),
     Stage(
         name="evaluate_full", entry="dsm.evaluate", subcommand="evaluate",
         reads=("evaluate.batch_size", "resources.evaluate.threads"),
         inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES},
         outputs={"logp": FULL_LOGP},
         args="--model {input.model} --norm {input.norm} --data {input.data} --full --out {output.logp}",
-        resources="evaluate", benchmark=True,
+        resources="evaluate",
         doc="per-image log p of the full model on every test image",
         report=(Report("logp", "full_logp.rst", "density", "Full model", data={"norm": FULL_NORM}),)),
     Stage(
@@ -276,6 +389,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         inputs={"logp": FULL_LOGP}, outputs={"examples": EXAMPLES},
         args="--logp {input.logp} --out {output.examples}", resources="light",
         doc="reference test images evenly spaced in log p (Figures 3, 4, 5)",
+        description="From the full model's test-set table, figures.examples.count images at evenly "
+                    "spaced log p (JSON).",
+        options={"--out": "output JSON"},
         report=(Report("examples", "examples.rst", "density", "Full model",
                        data={"examples": EXAMPLES}),)),
     Stage(
@@ -283,7 +399,21 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         inputs={"logp": FULL_LOGP},
         outputs={"gumbel": GUMBEL, "details": GUMBEL_DETAILS}, directories=("gumbel",),
         args="{input.logp} --out {output.gumbel} --details {output.details}", resources="light",
-        doc="maximum-likelihood Gumbel fit of the test set's log p, with bootstrap intervals and rivals",
+        doc="maximum-likelihood Gumbel fit of per-image log p (and its rivals)",
+        description="Fit scipy.stats.gumbel_r to one column of a per-image table by maximum "
+                    "likelihood; 95 % bootstrap intervals (gumbel.bootstrap resamples, gumbel.seed); "
+                    "the same fit of gumbel_l, norm and skewnorm with AIC and the Kolmogorov-Smirnov "
+                    "statistic; the sample mean (entropy estimate), range and 8-bit bits/dim. Without "
+                    "a params file the schema's defaults are used.",
+        options={"table": Opt("per-image table (e.g. results/<scale>/full/logp-test.parquet)",
+                              metavar="IN.parquet", dest="logp"),
+                 "--out": "output directory of the headline numbers (DVC metrics), one file per "
+                          "quantity named with its unit: loc_db_per_dim.json, scale_db_per_dim.json, "
+                          "entropy_db_per_dim.json {value, ci95_lo, ci95_hi, n}, nll_bits_per_dim.json",
+                 "--details": Opt("full report JSON: every family's fit, AIC, KS, bootstrap settings "
+                                  "(default: OUT-details.json beside OUT)", required=False),
+                 "--column": Opt("column to fit (default: logp_db_per_dim)", default="logp_db_per_dim")},
+        params_optional=True,
         metrics=("gumbel",),
         report=(Report("details", "gumbel.rst", "density", "Gumbel fit",
                        data={"gumbel": GUMBEL, "details": GUMBEL_DETAILS}),)),
@@ -293,16 +423,29 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES}, outputs={"probes": PROBES},
         args="--model {input.model} --norm {input.norm} --data {input.data} --out {output.probes}",
         resources="evaluate",
-        doc="log p of uniform-noise images and of the constant 0.5 image under the full model (Figure 3)"),
+        doc="log p of uniform-noise and constant images under a model (Figure 3)",
+        description="Evaluate the full model (with its normalization constant) on "
+                    "figures.fig3.noise_images uniform-noise images in [0, 1] and on the constant 0.5 "
+                    "image, with the test images' shape (JSON).",
+        options={"--data": "prepared store directory (its test part gives the shape)",
+                 "--out": "output JSON", "--device": OPTION_HELP["--device"]}),
     Stage(
         name="fig3", entry="dsm.figures.fig3", reads=("figures.fig3.bins", "figures.fig3.lim"),
         inputs={"logp": FULL_LOGP, "gumbel": GUMBEL_DETAILS, "examples": EXAMPLES, "probes": PROBES,
                 "data": IMAGES},
-        outputs={"pdf": "figures/fig3.pdf", "hist": "results/{scale}/fig3/hist.csv"},
+        outputs={"pdf": figure("fig3"), "hist": "results/{scale}/fig3/hist.csv"},
         args="--logp {input.logp} --gumbel {input.gumbel} --examples {input.examples}"
              " --probes {input.probes} --data {input.data} --out {output.pdf} --hist {output.hist}",
         resources="light",
-        doc="Figure 3: histogram of test log p with the Gumbel fit, probes and example images",
+        doc="Figure 3: histogram of test log p, Gumbel fit, images along it",
+        description="Plot the full model's test log p with the Gumbel fit (dsm gumbel), the "
+                    "reference images (dsm examples) and the probes (dsm probes).",
+        options={"--gumbel": "Gumbel fit details JSON (dsm gumbel --details)",
+                 "--probes": "probes JSON (dsm probes)",
+                 "--data": "prepared store directory (the pixels)",
+                 "--out": "output PDF",
+                 "--hist": Opt("output CSV: the histogram drawn and the fit per bin (DVC plot)",
+                               required=False)},
         plots=(Plot("fig3_hist", "hist", x="logp_db_per_dim", y=("density", "gumbel_density", "exact_density"),
                     template="step",
                     title="Figure 3: histogram of the test images' log p and the fitted Gumbel density",
@@ -316,7 +459,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         args="--logp {input.logp} --data {input.data} --highest {output.highest}"
              " --lowest {output.lowest} --spaced {output.spaced} --selection {output.selection}",
         resources="light",
-        doc="Figures 6-8: grids of the highest, lowest and evenly spaced log p test images",
+        doc="Figures 6-8: highest, lowest, evenly spaced log p test images",
+        description="Grids (figures.fig678.rows x cols) of test images labelled with their log p in "
+                    "dB/dim.",
+        options={"--data": "prepared store directory (the pixels)",
+                 "--highest": "output PDF of Figure 6", "--lowest": "output PDF of Figure 7",
+                 "--spaced": "output PDF of Figure 8",
+                 "--selection": Opt("output JSON: per figure the number of images and the first and "
+                                    "last one", required=False)},
         report=tuple(Report(kind, f"fig{k}.rst", "density", f"Figure {k}",
                             data={"selection": FIG678_SELECTION})
                      for k, kind in zip((6, 7, 8), FIG678))),
@@ -328,7 +478,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         args="--logp {input.logp} --data {input.data} --model {input.model} --norm {input.norm}"
              " --csv {output.csv} --md {output.md} --tex {output.tex} --metrics {output.metrics}",
         resources="evaluate",
-        doc="Table 2: test-set NLL in bits/dim (8-bit shift, dequantization, exact entropy on field)",
+        doc="Table 2: test-set NLL in bits/dim, conventions explicit",
+        description="Mean test NLL (continuous density + 8-bit shift; uniform dequantization on "
+                    "8-bit sources; exact entropy and the model's excess on exact sources) as CSV, "
+                    "Markdown and LaTeX.",
+        options={"--model": "the table's model (evaluated for dequantization, 8-bit only)",
+                 "--csv": "output CSV", "--md": "output Markdown table", "--tex": "output LaTeX table",
+                 "--metrics": Opt("output directory of the headline numbers (DVC metrics): one file "
+                                  "per row that applies, <row>_bits_per_dim.json {value, se, n}",
+                                  required=False),
+                 "--device": OPTION_HELP["--device"]},
         metrics=("metrics",),
         report=(Report("csv", "table2.rst", "density", "Table 2", data={"metrics": TABLE2_METRICS}),)),
     Stage(
@@ -338,15 +497,26 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                  "metrics": BIAS_METRICS}, directories=("metrics",),
         args="--model {input.model} --norm {input.norm} --data {input.data}"
              " --out {output.table} --totals {output.totals} --metrics {output.metrics}",
-        resources="evaluate", benchmark=True,
-        doc="bias budget of the full model against the exact density (field): where log p's error comes from",
+        resources="evaluate",
+        doc="bias budget of a model against the exact density (field)",
+        description="Split the mean error of log p into the normalization's, the time score's and "
+                    "the space score's parts (dsm.analysis.bias).",
+        options={"--data": "prepared store directory (its test part is used)",
+                 "--out": Opt("output CSV: the budget per noise level", dest="out_csv"),
+                 "--totals": Opt("output JSON: the totals and settings (details)", dest="out_json"),
+                 "--metrics": Opt("output directory of the headline numbers (DVC metrics): one file "
+                                  "per term, <term>_err_db_per_dim.json {value, se} (norm, time, space, "
+                                  "score, predicted, direct)", dest="out_metrics", required=False)},
         metrics=("metrics",)),
     Stage(
         name="fig_bias", entry="dsm.figures.bias", subcommand="fig-bias", reads=(),
         inputs={"table": "results/{scale}/bias.csv", "totals": "results/{scale}/bias.json"},
-        outputs={"pdf": "figures/bias.pdf"},
+        outputs={"pdf": figure("bias")},
         args="--table {input.table} --totals {input.totals} --out {output.pdf}", resources="light",
         doc="the bias budget figure",
+        description="Plot `dsm bias`'s per-t table and totals.",
+        options={"--table": "the budget per noise level (CSV of `dsm bias --out`)",
+                 "--totals": "the totals (JSON of `dsm bias --totals`)", "--out": "output PDF"},
         report=(Report("pdf", "bias.rst", "bias", "Bias budget",
                        data={"metrics": BIAS_METRICS, "totals": "results/{scale}/bias.json"}),)),
     Stage(
@@ -356,7 +526,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         directories=("metrics",),
         args=f"--logp {LOGP_DIR} --metrics {{output.metrics}} --details {{output.details}}"
              " --by-n {output.by_n}", resources="light",
-        doc="Figure 2's metrics: do the A and B models agree, per N (mean and spread over seeds)",
+        doc="Figure 2 metrics: do the A and B models agree, per N",
+        description="Per N: Pearson r, RMS and mean of log p_A - log p_B (dB/dim) on the models' own "
+                    "training images, and errors against the exact log p; means and spread over the "
+                    "replicates (seeds).",
+        options={"--logp": "directory of the per-image tables seed<seed>/N<N>-<A|B>.parquet",
+                 "--metrics": "output directory of the headline numbers (DVC metrics): per N a "
+                              "folder N<n>/ of <quantity>.json {value, se, n} (n: replicates)",
+                 "--details": "output JSON of every per-N metric, per replicate, with provenance",
+                 "--by-n": Opt("also write the per-N metrics as CSV (DVC plots)", dest="by_n_csv",
+                               required=False)},
         metrics=("metrics",),
         plots=(Plot("fig2_pearson_r", "by_n", x="N", y="pearson_r", template="logx",
                     title="Figure 2: do models trained on disjoint sets A and B agree? (Pearson r)",
@@ -371,9 +550,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage(
         name="fig2", entry="dsm.figures.fig2", reads=("figures.fig2", "seeds"),
         inputs={"tables": Each(LOGP, LOGP_DIR), "details": FIG2_DETAILS},
-        outputs={"pdf": "figures/fig2.pdf"},
+        outputs={"pdf": figure("fig2")},
         args=f"--logp {LOGP_DIR} --details {{input.details}} --out {{output.pdf}}", resources="light",
-        doc="Figure 2: log p_A against log p_B per N (the first replicate)",
+        doc="Figure 2: log p_A against log p_B, one panel per N",
+        description="Plot the per-image tables of the first replicate for the Ns in DETAILS (from "
+                    "`dsm compare`).",
+        options={"--logp": "directory of the per-image tables", "--details": "details JSON from `dsm compare`",
+                 "--out": "output PDF"},
         report=(Report("pdf", "fig2.rst", "generalization", "Figure 2",
                        data={"metrics": FIG2_METRICS}),)),
     Stage(
@@ -381,8 +564,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         inputs={}, outputs={"pdf": "results/{scale}/fig1/fig1.pdf",
                             "metrics": FIG1_METRICS,
                             "details": "results/{scale}/fig1/details.json"},
-        args="--out results/{scale}/fig1", resources="train", exec_=True, benchmark=True,
-        doc="Figure 1: single vs dual score matching on a Gaussian scale mixture (trains 2 models)",
+        directories=("metrics",),
+        args="--out results/{scale}/fig1", resources="train", exec_=True, priority=LONGEST,
+        doc="Figure 1: single vs dual score matching on a Gaussian scale mixture",
+        description="Train the mixture-of-quadratics model by SSM and DSM; write fig1.pdf, "
+                    "metrics/ (headline numbers) and details.json.",
+        options={"--out": "output directory", "--device": OPTION_HELP["--device"]},
         metrics=("metrics",)),
     Stage(
         name="table1", entry="dsm.analysis.denoising",
@@ -391,8 +578,19 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         outputs={"csv": TABLE1 + ".csv", "md": TABLE1 + ".md", "tex": TABLE1 + ".tex",
                  "json": TABLE1 + ".json", "metrics": TABLE1_METRICS}, directories=("metrics",),
         args="--energy {input.energy} --score {input.score} --data {input.data} --out " + TABLE1,
-        resources="evaluate", benchmark=True,
-        doc="Table 1: denoising PSNR of the energy and the score model across noise levels",
+        resources="evaluate",
+        doc="Table 1: denoising PSNR of the energy and the score model",
+        description="Denoising PSNR (of the mean MSE over test images, delta-method standard errors) "
+                    "at the input PSNRs of figures.table1.psnr; writes OUT.csv, OUT.md, OUT.tex and "
+                    "OUT.json.",
+        options={"--energy": "the full energy model (model.pt)",
+                 "--score": "the score-only model (model.pt)",
+                 "--data": "prepared store directory (its test part is used)",
+                 "--out": "output path without suffix (e.g. results/default/table1): OUT.csv, OUT.md, "
+                          "OUT.tex, OUT.json (details) and the directory OUT_metrics (headline "
+                          "numbers, DVC metrics)",
+                 "--device": OPTION_HELP["--device"]},
+        call="dsm.cli_pipeline:table1",
         metrics=("metrics",),
         report=(Report("csv", "table1.rst", "noise levels", "Table 1", data={"metrics": TABLE1_METRICS}),)),
     Stage(
@@ -400,12 +598,26 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         reads=("figures.fig5", "resources.evaluate.threads"),
         inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES, "examples": EXAMPLES},
         outputs={"curves": FIG5_DIR + "/curves.parquet", "details": FIG5_DIR + "/details.json",
-                 "metrics": FIG5_DIR + "/metrics.json", "d_eff": FIG5_DIR + "/d_eff.csv"},
+                 "metrics": FIG5_METRICS, "d_eff": FIG5_DIR + "/d_eff.csv"},
+        directories=("metrics",),
         args="--model {input.model} --norm {input.norm} --data {input.data} --examples {input.examples}"
              " --curves {output.curves} --details {output.details} --metrics {output.metrics}"
              " --d-eff {output.d_eff}",
-        resources="evaluate", benchmark=True,
-        doc="Figure 5's curves: E[log p(y,t)|x] and d_eff by eqs. 11 and 12 across t",
+        resources="evaluate",
+        doc="Figure 5's curves: E[log p(y,t)|x] and d_eff (eqs. 11, 12) vs t",
+        description="For the reference images and the test-set average, on the t grid of "
+                    "figures.fig5: E[log p(y,t)|x] (dB/dim) and the effective dimensionality by eq. 11 "
+                    "and eq. 12 (from the model's space and time scores).",
+        options={"--model": "the full energy model (model.pt)",
+                 "--data": "prepared store directory (its test part is used)",
+                 "--curves": Opt("output Parquet of the curves", dest="out.curves"),
+                 "--details": Opt("output JSON: agreement of eqs. 11 and 12, settings, provenance",
+                                  dest="out.details"),
+                 "--metrics": Opt("output directory of the headline numbers (DVC metrics)",
+                                  dest="out.metrics", required=False),
+                 "--d-eff": Opt("output CSV: the test-average d_eff against t (DVC plot)",
+                                dest="out.d_eff", required=False),
+                 "--device": OPTION_HELP["--device"]},
         metrics=("metrics",),
         plots=(Plot("fig5_d_eff", "d_eff", x="t",
                     y=("d_eff_eq11", "d_eff_eq12", "exact_d_eff_eq11", "exact_d_eff_population"),
@@ -417,35 +629,55 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         name="fig5", entry="dsm.figures.fig5", reads=(),
         inputs={"curves": FIG5_DIR + "/curves.parquet", "details": FIG5_DIR + "/details.json",
                 "data": IMAGES},
-        outputs={"pdf": "figures/fig5.pdf"},
+        outputs={"pdf": figure("fig5")},
         args="--curves {input.curves} --details {input.details} --data {input.data} --out {output.pdf}",
         resources="light",
-        doc="Figure 5 (right): log p and effective dimensionality against the noise level",
+        doc="Figure 5 (right): log p and effective dimensionality against t",
+        description="Plot the curves of `dsm dimensionality`.",
+        options={"--curves": "curves Parquet of `dsm dimensionality`",
+                 "--details": "details JSON of `dsm dimensionality`",
+                 "--data": "prepared store directory (thumbnails)", "--out": "output PDF"},
         report=(Report("pdf", "fig5.rst", "noise levels", "Figure 5",
-                       data={"metrics": FIG5_DIR + "/metrics.json"}),)),
+                       data={"metrics": FIG5_METRICS}),)),
     Stage(
         name="contrast", entry="dsm.analysis.contrast",
         reads=("figures.fig4", "resources.evaluate.threads"),
         inputs={"model": FULL_MODEL, "norm": FULL_NORM, "data": IMAGES, "examples": EXAMPLES,
                 "logp": FULL_LOGP},
         outputs={"affine": FIG4_DIR + "/affine.parquet", "sparsity": FIG4_DIR + "/sparsity.parquet",
-                 "details": FIG4_DIR + "/details.json", "metrics": FIG4_DIR + "/metrics.json"},
+                 "details": FIG4_DIR + "/details.json", "metrics": FIG4_METRICS},
+        directories=("metrics",),
         args="--model {input.model} --norm {input.norm} --data {input.data} --examples {input.examples}"
              " --logp {input.logp} --affine {output.affine} --sparsity {output.sparsity}"
              " --details {output.details} --metrics {output.metrics}",
-        resources="evaluate", benchmark=True,
-        doc="Figure 4's data: log p of a (x - mean) + b over contrast and brightness; log p vs sparsity",
+        resources="evaluate",
+        doc="Figure 4's data: log p of a (x - mean) + b; log p vs sparsity",
+        description="log p of contrast/brightness changes of the reference images (grid and b = 1/2 "
+                    "slice), and the wavelet participation ratio of every test image against its "
+                    "log p (Pearson, Spearman).",
+        options={"--model": "the full energy model (model.pt)",
+                 "--affine": Opt("output Parquet: log p over contrast and brightness", dest="out.affine"),
+                 "--sparsity": Opt("output Parquet: participation ratio and log p", dest="out.sparsity"),
+                 "--details": Opt("output JSON: settings, correlations, per-slice numbers",
+                                  dest="out.details"),
+                 "--metrics": Opt("output directory of the headline numbers (DVC metrics)",
+                                  dest="out.metrics", required=False),
+                 "--device": OPTION_HELP["--device"]},
         metrics=("metrics",)),
     Stage(
         name="fig4", entry="dsm.figures.fig4", reads=(),
         inputs={"affine": FIG4_DIR + "/affine.parquet", "sparsity": FIG4_DIR + "/sparsity.parquet",
                 "details": FIG4_DIR + "/details.json"},
-        outputs={"pdf": "figures/fig4.pdf"},
+        outputs={"pdf": figure("fig4")},
         args="--affine {input.affine} --sparsity {input.sparsity} --details {input.details} --out {output.pdf}",
         resources="light",
-        doc="Figure 4: contrast and brightness, and sparsity, against log p",
+        doc="Figure 4: contrast, brightness and sparsity against log p",
+        description="Plot the tables of `dsm contrast`.",
+        options={"--affine": "log p over contrast and brightness (Parquet of `dsm contrast`)",
+                 "--sparsity": "participation ratio and log p (Parquet of `dsm contrast`)",
+                 "--details": "details JSON of `dsm contrast`", "--out": "output PDF"},
         report=(Report("pdf", "fig4.rst", "noise levels", "Figure 4",
-                       data={"metrics": FIG4_DIR + "/metrics.json"}),)),
+                       data={"metrics": FIG4_METRICS}),)),
     Stage(
         name="estimators", entry="dsm.analysis.estimators",
         reads=("estimators", "resources.evaluate.threads"),
@@ -453,30 +685,42 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         outputs={"csv": ESTIMATORS_CSV, "images": ESTIMATORS_IMAGES},
         args="--model {input.model} --norm {input.norm} --data {input.data}"
              " --out {output.csv} --images-out {output.images}",
-        resources="evaluate", benchmark=True,
-        doc="one-shot log p against the denoising bound, the ODE and the SDE estimator: bias, spread, cost"),
+        resources="evaluate",
+        doc="one-shot log p against the integrating estimators",
+        description="On the first estimators.n_images test images: one-shot, denoising bound, "
+                    "probability-flow ODE and SDE estimates of log p for the model and (on exact "
+                    "sources) the exact density; bias, spread, NFE, seconds.",
+        options={"--model": "full energy model (model.pt)",
+                 "--data": "prepared store directory (test and train parts)",
+                 "--out": "output CSV, one row per (density, estimator)",
+                 "--images-out": "output Parquet, one row per image and run",
+                 "--device": OPTION_HELP["--device"]}),
     Stage(
         name="fig_estimators", entry="dsm.figures.estimators", subcommand="fig-estimators", reads=(),
         inputs={"csv": ESTIMATORS_CSV, "images": ESTIMATORS_IMAGES},
-        outputs={"pdf": "figures/estimators.pdf"},
+        outputs={"pdf": figure("estimators")},
         args="--csv {input.csv} --images {input.images} --out {output.pdf}", resources="light",
-        doc="the estimators figure: error against the exact log p and cost per image",
+        doc="the estimators figure (error and cost per image)",
+        description="Plot the CSV and per-image table of `dsm estimators`.",
+        options={"--csv": "CSV from `dsm estimators`", "--images": "per-image Parquet from `dsm estimators`",
+                 "--out": "output PDF"},
         report=(Report("pdf", "estimators.rst", "density", "Estimators of log p"),)),
     Stage(
-        name="publish_fig1", entry=None, reads=(),
-        inputs={"pdf": "results/{scale}/fig1/fig1.pdf"}, outputs={"pdf": "figures/fig1.pdf"},
-        # copied beside it, then renamed: a kill never leaves a partial figure in place
-        args="", command="cp {input.pdf} {output.pdf}.part && mv -f {output.pdf}.part {output.pdf}",
-        resources="light",
-        doc="Figure 1 of the active scale under figures/",
+        name="fig1_figure", entry=None, reads=(),
+        inputs={"pdf": "results/{scale}/fig1/fig1.pdf"}, outputs={"pdf": figure("fig1")},
+        args="", command=COPY, resources="light", local=True,
+        doc="Figure 1 of the scale beside its other figures (fig1 writes it beside its models)",
         report=(Report("pdf", "fig1.rst", "method", "Figure 1", data={"metrics": FIG1_METRICS}),)),
+    *(Stage(name=f"publish_{name}", entry=None, reads=(),
+            inputs={"pdf": figure(name)}, outputs={"pdf": f"figures/{name}.pdf"},
+            args="", command=COPY, resources="light", local=True,
+            doc=f"figures/{name}.pdf: the active scale's copy of figures/<scale>/{name}.pdf")
+      for name in FIGURES),
 ]}
 
-# What `snakemake all` (and the README's `make figures`) builds: the paper's figures.
-TARGETS = ("figures/fig1.pdf", "figures/fig2.pdf", "figures/fig3.pdf", "figures/fig4.pdf",
-           "figures/fig5.pdf", *FIG678.values(), "figures/bias.pdf", GUMBEL, *TABLE2.values(),
-           TABLE1 + ".md",
-           "figures/estimators.pdf")
+# What `snakemake all` (and the README's `make figures`) builds: the paper's figures of the
+# active scale (figures/<scale>/, and their copies under figures/) and its tables.
+TARGETS = (*(f"figures/{name}.pdf" for name in FIGURES), GUMBEL, *TABLE2.values(), TABLE1 + ".md")
 
 
 def stage(name: str) -> Stage:
