@@ -702,6 +702,9 @@ def main(argv=None) -> int:
         tracker.write(f"dsm {args.command}: {message}\n")
 
     try:
+        from dsm import outputs
+
+        outputs.declare_cli(parser, args)     # what the command must never write over
         args.func(args)
     except KeyboardInterrupt:
         report("interrupted")
@@ -714,6 +717,9 @@ def main(argv=None) -> int:
         return 2
     finally:
         sys.stderr = stderr
+        from dsm import outputs
+
+        outputs.reset()
     return 0
 
 

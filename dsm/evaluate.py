@@ -177,7 +177,7 @@ class ParquetStream:
     def __enter__(self):
         import pyarrow.parquet as pq
 
-        self._atomic = atomic_path(self.path)
+        self._atomic = atomic_path(self.path, kind="parquet")
         tmp = self._atomic.__enter__()
         try:
             self._writer = pq.ParquetWriter(tmp, self.schema)

@@ -42,25 +42,37 @@ def write_headline(path, numbers: dict) -> None:
 def write_json_dir(path, files: dict) -> None:
     """A directory of JSON files ``{name: obj}`` (``name.json``), replacing ``path`` whole:
     built in a hidden temporary directory beside it and renamed into place (a killed job
-    leaves the old directory, none, or the new one; never a partial one)."""
+    leaves the old directory, none, or the new one; never a partial one). An existing
+    ``path`` is replaced only if it is recognisably such a directory (the guard
+    :func:`dsm.outputs.check_dir`: empty, or nothing but headline JSON files; never the
+    current directory, a repository or a parent of the command's arguments); otherwise a
+    DsmError and nothing is touched."""
     import os
     import shutil
     import tempfile
 
-    from dsm.io import umask, write_json
+    from dsm import outputs
+    from dsm.io import (is_no_space, json_text, no_space_error, remove_stale_temps, replace_dir,
+                        temp_prefix, umask)
 
-    path = Path(path)
+    path = outputs.check_dir(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temps(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent))
     try:
         os.chmod(tmp, 0o777 & ~umask())         # mkdtemp's 0700 would hide it from others
         for name, obj in files.items():
-            write_json(tmp / f"{name}.json", finite(obj))
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-        os.replace(tmp, path)
+            with open(tmp / f"{name}.json", "w") as f:
+                f.write(json_text(finite(obj)))
+                f.flush()
+                os.fsync(f.fileno())
+        outputs.check_dir(path)                 # nothing else appeared there meanwhile
+        replace_dir(tmp, path)
+        outputs.record_written(path)
+    except OSError as e:
+        if is_no_space(e):
+            raise no_space_error(path) from None
+        raise
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -309,8 +309,10 @@ def bias_from_params(cfg: dict, model, norm, data, out_csv, out_json, out_metric
     from dsm.headline import write_json_dir
     from dsm.io import code_version, sha256_file, write_json, write_text
     from dsm.modelfile import load_energy_model
+    from dsm.outputs import preflight
     from dsm.runtime import stage_threads
 
+    preflight({out_csv: "text", out_json: "json"}, dirs=[out_metrics])
     stage_threads(cfg, "evaluate")
     p = cfg["bias"]
     test = open_store(Path(data) / "test")

@@ -286,6 +286,11 @@ def gumbel_from_params(cfg: dict, logp, out, details=None, column: str = LOGP) -
     from dsm.headline import write_json_dir
     from dsm.io import code_version, sha256_file, write_json
 
+    from dsm.outputs import preflight
+
+    preflight(dirs=[out])
+    details = Path(details) if details is not None else default_details_path(out)
+    preflight({details: "json"})
     g = (cfg or {}).get("gumbel") or {}
     resamples, seed = int(g.get("bootstrap", 1000)), int(g.get("seed", 0))
     x, table = read_column(logp, column)
@@ -299,7 +304,6 @@ def gumbel_from_params(cfg: dict, logp, out, details=None, column: str = LOGP) -
             prov[key] = str(table[key].iloc[0])
     if d is not None:
         prov["d"] = d
-    details = Path(details) if details is not None else default_details_path(out)
     report = {**report, "dataset": prov.get("dataset"), "provenance": prov}
     write_json(details, report)
     write_json_dir(out, headline)

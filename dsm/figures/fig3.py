@@ -179,6 +179,9 @@ def fig3_from_params(cfg: dict, logp, gumbel, examples, probes, data, out, hist=
 
     from dsm.data.store import open_store
 
+    from dsm.outputs import preflight
+
+    preflight({out: "pdf", hist: "text"})
     p = fig3_params(cfg)
     path = Path(logp)
     if not path.is_file():
