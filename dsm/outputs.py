@@ -57,6 +57,8 @@ NON_PATH_ARGUMENTS = frozenset({
 TEMP_OVERHEAD = 1 + 1 + 7 + 1 + 40 + 1 + 8 + 4
 
 RECORD_DIR = Path(".dsm") / "written"
+# The empty file Snakemake puts into each directory output it made (its time stamp).
+SNAKEMAKE_MARKER = ".snakemake_timestamp"
 _HEADLINE_MAX_FILES, _HEADLINE_MAX_BYTES = 10_000, 1 << 20
 
 
@@ -272,16 +274,22 @@ def is_headline_file(path: Path) -> bool:
 
 def is_headline_dir(path: Path) -> bool:
     """True for a directory that :func:`dsm.headline.write_json_dir` could have written:
-    nothing but ``*.json`` headline files (or nothing at all)."""
+    nothing but ``*.json`` headline files (or nothing at all; Snakemake's empty time stamp
+    of a directory output, ``SNAKEMAKE_MARKER``, may be there too)."""
     try:
         entries = list(os.scandir(path))
     except OSError:
         return False
     if len(entries) > _HEADLINE_MAX_FILES:
         return False
-    return all(e.name.endswith(".json") and not e.name.startswith(".")
-               and e.is_file(follow_symlinks=False) and is_headline_file(Path(e.path))
-               for e in entries)
+    return all(_is_snakemake_marker(e) or (
+        e.name.endswith(".json") and not e.name.startswith(".")
+        and e.is_file(follow_symlinks=False) and is_headline_file(Path(e.path))) for e in entries)
+
+
+def _is_snakemake_marker(entry: os.DirEntry) -> bool:
+    return entry.name == SNAKEMAKE_MARKER and entry.is_file(follow_symlinks=False) \
+        and entry.stat(follow_symlinks=False).st_size == 0
 
 
 def _protected_place(real: Path) -> str | None:
@@ -373,13 +381,14 @@ def sha256_of(path) -> str:
 
 def content_digest(path) -> dict | None:
     """``{"file": sha256}`` of a file, ``{"files": {relative path: sha256}}`` of a directory
-    (every file below it), None if absent."""
+    (every file below it but Snakemake's empty time stamp, which it adds after the
+    command), None if absent."""
     path = Path(path)
     if path.is_file():
         return {"file": sha256_of(path)}
     if path.is_dir():
-        return {"files": {str(p.relative_to(path)): sha256_of(p)
-                          for p in sorted(path.rglob("*")) if p.is_file()}}
+        return {"files": {str(p.relative_to(path)): sha256_of(p) for p in sorted(path.rglob("*"))
+                          if p.is_file() and not (p.name == SNAKEMAKE_MARKER and p.stat().st_size == 0)}}
     return None
 
 
