@@ -265,8 +265,16 @@ def is_headline_file(path: Path) -> bool:
     try:
         if path.stat().st_size > _HEADLINE_MAX_BYTES:
             return False
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return is_headline_file_bytes(path.read_bytes())
+    except OSError:
+        return False
+
+
+def is_headline_file_bytes(data: bytes) -> bool:
+    """:func:`is_headline_file` of a file's content."""
+    try:
+        obj = json.loads(data)
+    except ValueError:
         return False
     return isinstance(obj, dict) and all(
         v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in obj.values())
