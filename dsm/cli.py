@@ -699,13 +699,24 @@ def main(argv=None) -> int:
     def report(message: str) -> None:
         if not tracker.at_line_start:
             tracker.write("\n")         # finish a progress bar's line first
+        # a file name that is not valid UTF-8 is shown with \x escapes (not a crash)
+        message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         tracker.write(f"dsm {args.command}: {message}\n")
 
+    import warnings
+
+    caught: list[str] = []      # library warnings: one line each after a success, none
+                                # before an error line (the error says what went wrong)
     try:
         from dsm import outputs
 
         outputs.declare_cli(parser, args)     # what the command must never write over
-        args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = lambda message, category, *_, **__: caught.append(
+                f"{category.__name__}: {str(message).splitlines()[0] if str(message) else ''}")
+            args.func(args)
+        for text in dict.fromkeys(caught):
+            report(f"warning: {text}")
     except KeyboardInterrupt:
         report("interrupted")
         return 130
