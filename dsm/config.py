@@ -181,6 +181,10 @@ def validate_params(params: dict, source: str = "params.yaml") -> None:
     text = None
     if Path(source).is_file():
         text = Path(source).read_text()
+    # first, so a NaN or infinity is called that (the schema's messages about it vary)
+    for where, cfg in (*[(f"scales.{k}", v) for k, v in (params.get("scales") or {}).items()],
+                       ("run", params.get("run"))):
+        check_finite_numbers(cfg, f"{source}: {where}.")
     _first_error(jsonschema.Draft202012Validator(_schema()), params, source, text=text)
     check_params(params, source)
 
@@ -193,6 +197,7 @@ def validate_section(cfg: dict, source: str) -> None:
 
     schema = _schema()
     sub = {**schema["$defs"]["scale"], "$defs": schema["$defs"]}
+    check_finite_numbers(cfg, f"{source}: ")
     _first_error(jsonschema.Draft202012Validator(sub), cfg, source)
     check_params({"scales": {cfg.get("name"): cfg}}, source)
 
@@ -355,7 +360,7 @@ def check_params(params: dict, source: str = "params.yaml") -> None:
     for where, cfg in sections:
         if not isinstance(cfg, dict):
             continue
-        check_finite_numbers(cfg, f"{source}: {where}.")
+        check_finite_numbers(cfg, f"{source}: {where}.")      # (validate_* checked already)
         check_ranges(cfg, f"{source}: {where}.")
         if where != "run" and cfg.get("name") != where.split(".", 1)[1]:
             raise DsmError(f"{source}: {where}.name: {cfg.get('name')!r} must equal the "
@@ -482,11 +487,11 @@ def resolve_section(given, section: str, key: str) -> dict:
     given = {} if given is None else given
     if not isinstance(given, dict):
         raise DsmError(f"{key}: expected a mapping, got {given!r}")
+    check_finite_numbers(given, f"params: {key}.")
     if SCHEMA_PATH.is_file():
         import jsonschema
 
         schema = _schema()
         sub = {**schema["$defs"][section], "$defs": schema["$defs"]}
         _first_error(jsonschema.Draft202012Validator(sub), given, "params", prefix=f"{key}.")
-    check_finite_numbers(given, f"params: {key}.")
     return fill_defaults(given, section)
