@@ -680,7 +680,8 @@ def _error_message(e: BaseException) -> str | None:
     if is_no_space(e):
         where = f" on the device of {e.filename}" if getattr(e, "filename", None) else ""
         return f"no space left{where} ({e.strerror or e})"
-    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EROFS, errno.ENOENT) and e.filename:
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EROFS, errno.ENOENT, errno.ENOTDIR,
+                                               errno.EISDIR, errno.ENAMETOOLONG) and e.filename:
         return f"{e.filename}: {e.strerror}"
     if isinstance(e, json.JSONDecodeError):
         return f"invalid JSON input: {e}"

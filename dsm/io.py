@@ -164,8 +164,9 @@ def atomic_path(path: str | os.PathLike, kind: str | None = None,
 
     First the guard :func:`dsm.outputs.check_file`: an existing ``path`` is replaced only
     if it is a file of ``kind`` (what the writer writes: ``json``, ``text``, ``parquet``,
-    ``torch``, ``pdf``, ...; None: any file), not tracked by git (unless
-    ``replace_tracked``), and not one of the command's inputs; a refusal is a DsmError and
+    ``torch``, ``pdf``, ...; None: any file) and not tracked by git (unless
+    ``replace_tracked``); never a directory (the command's inputs are refused when its
+    arguments are declared, :func:`dsm.outputs.declare`); a refusal is a DsmError and
     nothing is touched. On an exception the temporary file is removed and ``path`` is
     untouched. Stale temporaries of ``path`` left by killed runs are removed first. The file
     gets the mode ``0666 & ~umask`` (not mkstemp's 0600). A full disk raises a DsmError
