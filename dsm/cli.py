@@ -192,7 +192,8 @@ def _error_message(e: BaseException) -> str | None:
     if is_no_space(e):
         where = f" on the device of {e.filename}" if getattr(e, "filename", None) else ""
         return f"no space left{where} ({e.strerror or e})"
-    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EROFS, errno.ENOENT) and e.filename:
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EROFS, errno.ENOENT, errno.ENOTDIR,
+                                               errno.EISDIR, errno.ENAMETOOLONG) and e.filename:
         return f"{e.filename}: {e.strerror}"
     if isinstance(e, json.JSONDecodeError):
         return f"invalid JSON input: {e}"
@@ -211,10 +212,24 @@ def main(argv=None) -> int:
     def report(message: str) -> None:
         if not tracker.at_line_start:
             tracker.write("\n")         # finish a progress bar's line first
+        # a file name that is not valid UTF-8 is shown with \x escapes (not a crash)
+        message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         tracker.write(f"dsm {args.command}: {message}\n")
 
+    import warnings
+
+    caught: list[str] = []      # library warnings: one line each after a success, none
+                                # before an error line (the error says what went wrong)
     try:
-        args.func(args)
+        from dsm import outputs
+
+        outputs.declare_cli(parser, args)     # what the command must never write over
+        with warnings.catch_warnings():
+            warnings.showwarning = lambda message, category, *_, **__: caught.append(
+                f"{category.__name__}: {str(message).splitlines()[0] if str(message) else ''}")
+            args.func(args)
+        for text in dict.fromkeys(caught):
+            report(f"warning: {text}")
     except KeyboardInterrupt:
         report("interrupted")
         return 130
@@ -226,6 +241,9 @@ def main(argv=None) -> int:
         return 2
     finally:
         sys.stderr = stderr
+        from dsm import outputs
+
+        outputs.reset()
     return 0
 
 

@@ -12,6 +12,9 @@ place defaults live (:func:`section_defaults` reads them for library callers).
 from __future__ import annotations
 
 import copy
+import functools
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +67,14 @@ def load_scale(params_path="params.yaml", scale: str | None = None, validate: bo
 
 
 def _schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The parsed schema (read once per process and content; never mutated by callers)."""
+    text = SCHEMA_PATH.read_text()
+    return _parse_schema(text)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_schema(text: str) -> dict:
+    return yaml.safe_load(text)
 
 
 def _first_error(validator, instance, source: str, prefix: str = "", text: str | None = None) -> None:
@@ -171,6 +181,10 @@ def validate_params(params: dict, source: str = "params.yaml") -> None:
     text = None
     if Path(source).is_file():
         text = Path(source).read_text()
+    # first, so a NaN or infinity is called that (the schema's messages about it vary)
+    for where, cfg in (*[(f"scales.{k}", v) for k, v in (params.get("scales") or {}).items()],
+                       ("run", params.get("run"))):
+        check_finite_numbers(cfg, f"{source}: {where}.")
     _first_error(jsonschema.Draft202012Validator(_schema()), params, source, text=text)
     check_params(params, source)
 
@@ -183,6 +197,7 @@ def validate_section(cfg: dict, source: str) -> None:
 
     schema = _schema()
     sub = {**schema["$defs"]["scale"], "$defs": schema["$defs"]}
+    check_finite_numbers(cfg, f"{source}: ")
     _first_error(jsonschema.Draft202012Validator(sub), cfg, source)
     check_params({"scales": {cfg.get("name"): cfg}}, source)
 
@@ -237,14 +252,45 @@ def get(cfg: dict, dotted: str, default: Any = ...) -> Any:
     return node
 
 
+# A number as YAML 1.2 (and JSON, and Python) writes it: PyYAML follows YAML 1.1, where
+# `5e-4` (no dot) and `1e5` are strings. Also `nan`/`inf` words, so they are refused as
+# non-finite numbers (naming the key) rather than as strings.
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?\.?(inf|infinity|nan)$",
+                     re.IGNORECASE)
+
+
+def parse_value(raw: str):
+    """A ``--set`` value: YAML (numbers, booleans, null, lists, mappings, strings), with
+    YAML 1.2's numbers (``5e-4`` is a number, not a string)."""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise DsmError(f"--set value {raw!r}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    return _numbers(value)
+
+
+def _numbers(value):
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        text = value.strip().lower().replace(".inf", "inf").replace(".nan", "nan")
+        number = float(text)
+        # an integer without a dot (`1e3`) is an int, so integer keys (steps) accept it
+        return int(number) if math.isfinite(number) and number.is_integer() and "." not in text else number
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    return value
+
+
 def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
-    """Apply ``key.sub=value`` overrides (value parsed as YAML) to a copy of ``cfg``."""
+    """Apply ``key.sub=value`` overrides (value parsed by :func:`parse_value`) to a copy of
+    ``cfg``."""
     cfg = copy.deepcopy(cfg)
     for item in overrides or []:
         if "=" not in item:
             raise DsmError(f"--set {item!r}: expected KEY=VALUE")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        value = parse_value(raw)
         node = cfg
         parts = key.split(".")
         for part in parts[:-1]:
@@ -314,6 +360,8 @@ def check_params(params: dict, source: str = "params.yaml") -> None:
     for where, cfg in sections:
         if not isinstance(cfg, dict):
             continue
+        check_finite_numbers(cfg, f"{source}: {where}.")      # (validate_* checked already)
+        check_ranges(cfg, f"{source}: {where}.")
         if where != "run" and cfg.get("name") != where.split(".", 1)[1]:
             raise DsmError(f"{source}: {where}.name: {cfg.get('name')!r} must equal the "
                            f"scale's key {where.split('.', 1)[1]!r}")
@@ -341,6 +389,97 @@ def check_params(params: dict, source: str = "params.yaml") -> None:
                            f"(an alias), not a copy")
 
 
+def check_finite_numbers(node, prefix: str) -> None:
+    """Refuse NaN and infinities anywhere in ``node`` (a DsmError naming the dotted key):
+    JSON schema's bounds never reject NaN (every comparison with it is false), and a NaN
+    tolerance or level runs forever or yields meaningless numbers."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            check_finite_numbers(v, f"{prefix}{k}.")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            check_finite_numbers(v, f"{prefix}{i}.")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise DsmError(f"{prefix.rstrip('.')}: {node} is not a finite number")
+
+
+# Noise variances a float32 model can take (sqrt(t) z added to images, 1/t in scores).
+NOISE_LEVEL_RANGE = (1e-30, 1e30)
+NOISE_LEVEL_KEYS = ("train.t_min", "train.t_max", "evaluate.norm_t", "bias.t_low", "estimators.t_lo",
+                    "fig1.t_min", "fig1.t_max")
+# [lo, hi] pairs: lo < hi.
+INTERVAL_KEYS = ("figures.fig5.log10_t", "figures.fig4.contrast", "figures.fig4.brightness",
+                 "figures.fig2.lim", "figures.fig3.lim", "fig1.r_range", "fig1.landscape.y_range",
+                 "fig1.landscape.log10_t_range")
+# Exponents of noise variances (t = 10^x; an input PSNR p is t = 10^(-p/10)).
+LOG10_T_KEYS = ("figures.fig5.log10_t", "fig1.landscape.log10_t_range")
+PSNR_KEYS = ("figures.table1.psnr",)
+
+
+def _lookup(cfg: dict, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or node.get(part) is None:
+            return None
+        node = node[part]
+    return node
+
+
+def check_ranges(cfg: dict, prefix: str = "") -> None:
+    """Ranges that depend on each other, or that the schema cannot bound: noise levels in
+    ``NOISE_LEVEL_RANGE``; train.t_min < train.t_max (fig1 too); the normalization's level
+    T (evaluate.norm_t, null: train.t_max) within [t_min, t_max]; bias.t_low < T;
+    estimators.t_lo < train.t_max; every [lo, hi] of ``INTERVAL_KEYS`` with lo < hi;
+    10^x and input PSNRs that give a noise level in ``NOISE_LEVEL_RANGE``. ``cfg``: one
+    scale section (missing keys take the schema's defaults)."""
+    lo_t, hi_t = NOISE_LEVEL_RANGE
+    full = fill_defaults(cfg)
+
+    def number(key):
+        v = _lookup(full, key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    def fail(key, message):
+        raise DsmError(f"{prefix}{key}: {message}")
+
+    for key in NOISE_LEVEL_KEYS:
+        v = number(key)
+        if v is not None and not lo_t <= v <= hi_t:
+            fail(key, f"{v:g} is outside the noise levels a model can take ({lo_t:g} .. {hi_t:g})")
+    for a, b in (("train.t_min", "train.t_max"), ("fig1.t_min", "fig1.t_max")):
+        if number(a) is not None and number(b) is not None and not number(a) < number(b):
+            fail(a, f"{number(a):g} must be below {b} = {number(b):g}")
+    t_min, t_max = number("train.t_min"), number("train.t_max")
+    norm_t = number("evaluate.norm_t")
+    if norm_t is not None and t_min is not None and t_max is not None and not t_min <= norm_t <= t_max:
+        fail("evaluate.norm_t", f"{norm_t:g} is outside the trained range [train.t_min, train.t_max] "
+                                f"= [{t_min:g}, {t_max:g}]")
+    level = norm_t if norm_t is not None else t_max
+    t_low = number("bias.t_low")
+    if t_low is not None and level is not None and not t_low < level:
+        fail("bias.t_low", f"{t_low:g} must be below the normalization's level T = {level:g} "
+                           f"({'evaluate.norm_t' if norm_t is not None else 'train.t_max'})")
+    t_lo = number("estimators.t_lo")
+    if t_lo is not None and t_max is not None and not t_lo < t_max:
+        fail("estimators.t_lo", f"{t_lo:g} must be below train.t_max = {t_max:g}")
+    for key in INTERVAL_KEYS:
+        pair = _lookup(full, key)
+        if isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, (int, float)) for v in pair) \
+                and not pair[0] < pair[1]:
+            fail(key, f"expected [lo, hi] with lo < hi, got {pair}")
+    for key in LOG10_T_KEYS:
+        for v in _lookup(full, key) or []:
+            if isinstance(v, (int, float)) and not math.log10(lo_t) <= v <= math.log10(hi_t):
+                fail(key, f"{v:g}: 10^{v:g} is outside the noise levels a model can take "
+                          f"({lo_t:g} .. {hi_t:g})")
+    for key in PSNR_KEYS:
+        for v in _lookup(full, key) or []:
+            if isinstance(v, (int, float)) and not -10 * math.log10(hi_t) <= v <= -10 * math.log10(lo_t):
+                fail(key, f"{v:g} dB: its noise level 10^({-v:g}/10) is outside the noise levels a "
+                          f"model can take ({lo_t:g} .. {hi_t:g}, i.e. {-10 * math.log10(hi_t):g} .. "
+                          f"{-10 * math.log10(lo_t):g} dB)")
+
+
 def resolve_section(given, section: str, key: str) -> dict:
     """Validate ``given`` (a mapping or None) against the schema's ``$defs/<section>`` and
     fill its defaults; errors name the dotted ``key`` (e.g. ``figures.fig2``). For
@@ -348,6 +487,7 @@ def resolve_section(given, section: str, key: str) -> dict:
     given = {} if given is None else given
     if not isinstance(given, dict):
         raise DsmError(f"{key}: expected a mapping, got {given!r}")
+    check_finite_numbers(given, f"params: {key}.")
     if SCHEMA_PATH.is_file():
         import jsonschema
 

@@ -498,4 +498,38 @@ def estimate(name: str, field: EnergyField, x, *, keys=None, seed: int = 0, prio
     if unknown:
         raise DsmError(f"estimator {name}: unknown option(s) {', '.join(unknown)} "
                        f"(known: {', '.join(sorted(allowed)) or 'none'})")
-    return fn(field, x, keys=keys, seed=seed, prior=prior, **options)
+    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items() if k in allowed}
+    return fn(field, x, keys=keys, seed=seed, prior=prior,
+              **{k: _checked_option(name, k, v, defaults[k]) for k, v in options.items()})
+
+
+# Options that must be > 0 (a tolerance of 0 or below never ends, or never starts).
+POSITIVE_OPTIONS = ("rtol", "atol", "t_lo", "n_noise", "paths", "probes", "max_batch")
+
+
+def _checked_option(estimator: str, key: str, value, default):
+    """``value`` of option ``key`` with the type of its default (int, float, bool, str);
+    a DsmError naming it if it is of another type, not finite (a NaN tolerance makes the
+    ODE solver run forever) or, for ``POSITIVE_OPTIONS``, not > 0."""
+    where = f"estimator {estimator}: option {key}={value!r}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise DsmError(f"{where}: expected true or false")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise DsmError(f"{where}: expected a string")
+        return value
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DsmError(f"{where}: expected a number")
+    if not math.isfinite(value):
+        raise DsmError(f"{where}: not a finite number")
+    if isinstance(default, int):
+        if value != int(value):
+            raise DsmError(f"{where}: expected an integer")
+        value = int(value)
+    if key in POSITIVE_OPTIONS and not value > 0:
+        raise DsmError(f"{where}: must be > 0")
+    return value

@@ -177,7 +177,7 @@ class ParquetStream:
     def __enter__(self):
         import pyarrow.parquet as pq
 
-        self._atomic = atomic_path(self.path)
+        self._atomic = atomic_path(self.path, kind="parquet")
         tmp = self._atomic.__enter__()
         try:
             self._writer = pq.ParquetWriter(tmp, self.schema)
@@ -360,7 +360,10 @@ def read_norm(path, model_sha: str) -> dict:
     if not isinstance(info, dict) or "c_nats" not in info:
         raise DsmError(f"{path}: key 'c_nats' missing")
     check_finite(info["c_nats"], f"{path}: c_nats")
-    if info.get("model_sha256") not in (None, model_sha):
+    if "model_sha256" not in info:
+        raise DsmError(f"{path}: key 'model_sha256' missing: no record of which model this constant "
+                       f"belongs to; rerun `dsm normalize`")
+    if info["model_sha256"] != model_sha:
         raise DsmError(f"{path}: computed for another model (model_sha256 {str(info['model_sha256'])[:12]} "
                        f"!= {model_sha[:12]}); rerun `dsm normalize`")
     return info

@@ -25,7 +25,8 @@ import torch
 
 from dsm import checkpoint as ckpt
 from dsm.errors import DsmError
-from dsm.io import is_no_space, remove_stale_temps, sha256_json, write_json, write_text
+from dsm.io import (directory_lock, is_no_space, remove_stale_temps, sha256_json, write_json,
+                    write_text)
 from dsm.runtime import derived_seed, resolve_device, seed_everything, set_determinism, use_threads
 
 REQUIRED_KEYS = ("steps", "batch_size", "lr", "lr_halve_every", "t_min", "t_max", "seed")
@@ -162,7 +163,10 @@ def fit(model: torch.nn.Module,
     loss_fn = loss_fn or _default_loss(cfg.get("loss", "auto"), model)
     previous = set_determinism(dev, bool(cfg.get("deterministic", dev.type == "cpu")))
     try:
-        return _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc, tuple(replaces))
+        # one writer per run directory: a second `dsm train` into the same --out would
+        # interleave metrics.jsonl and race on the checkpoints
+        with directory_lock(out_dir, "training"):
+            return _fit(model, next_batch, cfg, out_dir, dev, loss_fn, identity, desc, tuple(replaces))
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 

@@ -88,12 +88,18 @@ def write_json_dir(path, files: dict, nested: bool = False) -> None:
     """A directory of JSON files ``{name: obj}`` (``name.json``), replacing ``path`` whole:
     built in a hidden temporary directory beside it and renamed into place (a killed job
     leaves the old directory, none, or the new one; never a partial one). ``nested``: a
-    value whose values are all dicts is a subdirectory of files instead of one file."""
+    value whose values are all dicts is a subdirectory of files instead of one file. An
+    existing ``path`` is replaced only if it is recognisably such a directory (the guard
+    :func:`dsm.outputs.check_dir`: empty, or nothing but headline JSON files and
+    subdirectories of them; never the current directory, a repository or a parent of the
+    command's arguments); otherwise a DsmError and nothing is touched."""
     import os
     import shutil
     import tempfile
 
-    from dsm.io import umask, write_json
+    from dsm import outputs
+    from dsm.io import (is_no_space, json_text, no_space_error, remove_stale_temps, replace_dir,
+                        temp_prefix, umask)
 
     def fill(folder: Path, node: dict) -> None:
         for name, obj in node.items():
@@ -101,19 +107,25 @@ def write_json_dir(path, files: dict, nested: bool = False) -> None:
                 (folder / name).mkdir(mode=0o777 & ~umask())
                 fill(folder / name, obj)
             else:
-                write_json(folder / f"{name}.json", finite(obj))
+                with open(folder / f"{name}.json", "w") as f:
+                    f.write(json_text(finite(obj)))
+                    f.flush()
+                    os.fsync(f.fileno())
 
-    path = Path(path)
+    path = outputs.check_dir(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temps(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent))
     try:
         os.chmod(tmp, 0o777 & ~umask())         # mkdtemp's 0700 would hide it from others
         fill(tmp, files)
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-        os.replace(tmp, path)
+        outputs.check_dir(path)                 # nothing else appeared there meanwhile
+        replace_dir(tmp, path)
+        outputs.record_written(path)
+    except OSError as e:
+        if is_no_space(e):
+            raise no_space_error(path) from None
+        raise
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -158,14 +158,23 @@ def no_space_error(path) -> DsmError:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, kind: str | None = None,
+                replace_tracked: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
-    On an exception the temporary file is removed and ``path`` is untouched. Stale
-    temporaries of ``path`` left by killed runs are removed first. The file gets the mode
-    ``0666 & ~umask`` (not mkstemp's 0600). A full disk raises a DsmError naming ``path``.
+    First the guard :func:`dsm.outputs.check_file`: an existing ``path`` is replaced only
+    if it is a file of ``kind`` (what the writer writes: ``json``, ``text``, ``parquet``,
+    ``torch``, ``pdf``, ...; None: any file) and not tracked by git (unless
+    ``replace_tracked``); never a directory (the command's inputs are refused when its
+    arguments are declared, :func:`dsm.outputs.declare`); a refusal is a DsmError and
+    nothing is touched. On an exception the temporary file is removed and ``path`` is
+    untouched. Stale temporaries of ``path`` left by killed runs are removed first. The file
+    gets the mode ``0666 & ~umask`` (not mkstemp's 0600). A full disk raises a DsmError
+    naming ``path``. The written content is recorded (:func:`dsm.outputs.record_written`).
     """
-    path = Path(path)
+    from dsm import outputs
+
+    path = outputs.check_file(path, kind, replace_tracked=replace_tracked)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent, path.name)
     try:
@@ -182,6 +191,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        outputs.record_written(path)
     except Exception as e:
         # a writer's own cleanup can mask the ENOSPC (matplotlib's PDF writer raises an
         # AttributeError while closing a stream it could not write): look down the chain
@@ -191,6 +201,70 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def replace_dir(new: Path, path: Path) -> None:
+    """Put the directory ``new`` at ``path`` (absent, or a directory to discard): in one
+    atomic exchange where the file system allows (Linux ``renameat2(RENAME_EXCHANGE)``),
+    so a kill never leaves ``path`` missing; else the old directory is first moved aside
+    under a temporary name (``.old``, removed by the next run if a kill leaves it)."""
+    new, path = Path(new), Path(path)
+    if os.path.lexists(path) and path.is_dir() and not path.is_symlink() and _exchange(new, path):
+        shutil.rmtree(new, ignore_errors=True)           # now the old directory
+        return
+    old = None
+    if os.path.lexists(path):
+        old = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".old", dir=path.parent))
+        os.replace(path, old / "previous")
+    os.replace(new, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 with RENAME_EXCHANGE); False where the
+    system or the file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange)
+    return rc == 0
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def directory_lock(directory, what: str = "writing") -> Iterator[Path]:
+    """Hold an exclusive lock on ``directory`` (created if absent) for the block: an
+    advisory ``flock`` on ``DIR/.lock``, released when the block ends or the process dies
+    (also by ``kill -9``). A second process asking for it gets a DsmError naming the
+    directory, at once (no waiting on a job that may run for hours).
+    The lock file stays (removing it would let a third process lock a new file while the
+    second still holds the old one); it is empty, so a run directory's files do not
+    depend on which process trained in it."""
+    import fcntl
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DsmError(f"{directory}: another process is {what} in this directory (it holds "
+                           f"{path}); wait for it to finish or choose another --out") from None
+        yield path
+    finally:
+        os.close(fd)                       # releases the lock
 
 
 class _RecordingWriter:
@@ -221,7 +295,7 @@ def save_torch(payload, path) -> None:
     path, here a random temp name), so equal payloads give equal files and hashes."""
     import torch
 
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, kind="torch") as tmp, open(tmp, "wb") as f:
         writer = _RecordingWriter(f)
         try:
             torch.save(payload, writer)
@@ -297,18 +371,44 @@ def read_table(path, what: str = "Parquet file", **kwargs):
 
 # --- writing ---------------------------------------------------------------------------------
 
-def write_text(path, text: str) -> None:
-    with atomic_path(path) as tmp:
+def write_text(path, text: str, kind: str = "text", replace_tracked: bool = False) -> None:
+    """Write ``text`` atomically (:func:`atomic_path`; ``kind``: what an existing file
+    must be to be replaced)."""
+    with atomic_path(path, kind=kind, replace_tracked=replace_tracked) as tmp:
         tmp.write_text(text)
 
 
+def json_text(obj) -> str:
+    """The text :func:`write_json` writes: sorted keys, indented, a final newline. JSON has
+    no NaN or infinity (Python would write them, and no JSON reader, :func:`read_json`
+    included, reads them back): each becomes ``null``, "no value"."""
+    return json.dumps(_finite(obj), indent=2, sort_keys=True, default=json_default,
+                      allow_nan=False) + "\n"
+
+
 def write_json(path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
+    """Write ``obj`` as JSON atomically (:func:`json_text`)."""
+    write_text(path, json_text(obj), kind="json")
+
+
+def _finite(obj):
+    """``obj`` with every NaN/infinite float (numpy scalars too) in dicts and lists None."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if getattr(obj, "ndim", None) == 0 and hasattr(obj, "item"):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return _finite(obj.tolist())
+    return obj
 
 
 def write_parquet(path, df) -> None:
     """Write a pandas DataFrame to Parquet atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, kind="parquet") as tmp:
         df.to_parquet(tmp, index=False)
 
 

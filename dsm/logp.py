@@ -27,6 +27,7 @@ passes per image), ``norm_const_nats``, ``checkpoint_sha256``, ``code_version``.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -111,13 +112,18 @@ def parse_options(items) -> dict:
     for item in items or []:
         if "=" not in item:
             raise DsmError(f"--option {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        v = yaml.safe_load(v)
+        k, raw = item.split("=", 1)
+        try:
+            v = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise DsmError(f"--option {item!r}: the value is not valid YAML") from None
         if isinstance(v, str):                        # YAML reads 1e-4 (no dot) as a string
             try:
                 v = float(v)
             except ValueError:
                 pass
+        if isinstance(v, float) and not math.isfinite(v):
+            raise DsmError(f"--option {k.strip()}={raw}: not a finite number")
         out[k.strip()] = v
     return out
 

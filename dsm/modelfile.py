@@ -70,15 +70,64 @@ def read_model_file(path) -> dict:
 
 
 def load_model(path, device="cpu"):
-    """(model, payload) from a ``model.pt``: the network rebuilt from its stored config."""
+    """(model, payload) from a ``model.pt``: the network rebuilt from its stored config.
+
+    A file with the right format tag but contents that do not fit together (a file of
+    another version of the code, or an edited one: ``model_cfg`` or ``shape`` missing or
+    malformed, a weight missing, extra or of another shape) is a DsmError naming the file
+    and what is wrong. The network is first built on torch's ``meta`` device (no memory),
+    so absurd widths in ``model_cfg`` are caught before anything is allocated."""
     from dsm.nets import build_model
 
     payload = read_model_file(path)
-    c, h, _ = payload["shape"]
+    c, h = _check_layout(path, payload)
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(payload["model_cfg"], channels=c, image_size=h)
+    except DsmError as e:
+        raise DsmError(f"{path}: its model_cfg is not a model of this version of dsm ({e})") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, ZeroDivisionError) as e:
+        raise DsmError(f"{path}: its model_cfg is not a model of this version of dsm "
+                       f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    _check_weights(path, skeleton.state_dict(), payload["model"])
     model = build_model(payload["model_cfg"], channels=c, image_size=h)
     model.load_state_dict(payload["model"])
     model.to(resolve_device(device)).eval()
     return model, payload
+
+
+def _check_layout(path, payload: dict) -> tuple[int, int]:
+    """(channels, image size) of a model file whose fields have the right types."""
+    if not isinstance(payload.get("model_cfg"), dict):
+        raise DsmError(f"{path}: model file without a model_cfg mapping (written by another "
+                       f"version of dsm?); retrain it")
+    shape = payload.get("shape")
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in shape)):
+        raise DsmError(f"{path}: model file's shape {shape!r} is not [C, H, W] of positive sizes")
+    c, h, w = shape
+    if h != w:
+        raise DsmError(f"{path}: model file's shape {shape!r}: only square images are supported")
+    weights = payload.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise DsmError(f"{path}: model file's weights are not a mapping of tensors")
+    return c, h
+
+
+def _check_weights(path, expected: dict, given: dict) -> None:
+    """The stored weights must be exactly those of the network ``model_cfg`` describes."""
+    missing = sorted(set(expected) - set(given))
+    extra = sorted(set(given) - set(expected))
+    if missing or extra:
+        what = f"weight {missing[0]} missing" if missing else f"unexpected weight {extra[0]}"
+        raise DsmError(f"{path}: model file's weights do not match its model_cfg ({what}; "
+                       f"{len(missing)} missing, {len(extra)} unexpected)")
+    for name, t in expected.items():
+        if tuple(given[name].shape) != tuple(t.shape):
+            raise DsmError(f"{path}: model file's weight {name} has shape {tuple(given[name].shape)}, "
+                           f"its model_cfg gives {tuple(t.shape)}")
+        if given[name].is_floating_point() and not bool(torch.isfinite(given[name]).all()):
+            raise DsmError(f"{path}: model file's weight {name} holds NaN or infinite values")
 
 
 def load_energy_model(path, device=None):

@@ -95,7 +95,9 @@ def check_run_dir(out) -> dict | None:
     model.pt is replaced like a stale one). A typo in ``--out`` must not overwrite or
     delete someone else's files. Returns the payload of OUT/model.pt ({} if unreadable,
     None if absent)."""
-    out = Path(out)
+    from dsm.outputs import check_place
+
+    out = check_place(out)          # not `.`, a repository, a parent of an argument, under a file
     if out.exists() and not out.is_dir():
         raise DsmError(f"{out}: exists and is not a directory (--out is the run directory)")
     if not out.is_dir():

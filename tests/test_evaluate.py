@@ -239,7 +239,13 @@ def test_evaluate_rejects_stale_norm_and_wrong_model(pipeline, tmp_path):
     with pytest.raises(DsmError, match="another model"):
         evaluate_from_params(cfg, model=model, norm=tmp_path / "norm.json", data=data,
                              splits=root / "splits.parquet", n=10, split="A", out=tmp_path / "e.parquet")
-    (tmp_path / "norm.json").write_text(json.dumps({"c_nats": 1.0}))
+    (tmp_path / "norm.json").write_text(json.dumps({"c_nats": 1.0}))    # no record of its model
+    with pytest.raises(DsmError, match="model_sha256' missing"):
+        evaluate_from_params(cfg, model=model, norm=tmp_path / "norm.json", data=data,
+                             splits=root / "splits.parquet", n=10, split="A", out=tmp_path / "e.parquet")
+    from dsm.io import sha256_file
+
+    (tmp_path / "norm.json").write_text(json.dumps({"c_nats": 1.0, "model_sha256": sha256_file(model)}))
     with pytest.raises(DsmError, match="trained on N=10 split A"):
         evaluate_from_params(cfg, model=model, norm=tmp_path / "norm.json", data=data,
                              splits=root / "splits.parquet", n=2, split="B", out=tmp_path / "e.parquet")

@@ -311,8 +311,10 @@ def bias_from_params(cfg: dict, model, norm, data, out_csv, out_json, out_metric
     from dsm.headline import write_metrics_dir
     from dsm.io import code_version, sha256_file, write_json, write_text
     from dsm.modelfile import load_energy_model
+    from dsm.outputs import preflight
     from dsm.runtime import stage_threads
 
+    preflight({out_csv: "text", out_json: "json"}, dirs=[out_metrics])
     stage_threads(cfg, "evaluate")
     p = cfg["bias"]
     test = open_store(Path(data) / "test")
@@ -329,7 +331,12 @@ def bias_from_params(cfg: dict, model, norm, data, out_csv, out_json, out_metric
         return result
     net, payload, _ = load_energy_model(model, cfg.get("device", "auto"))
     norm_info = read_norm(norm, sha256_file(model))
-    big_t = float(norm_info["t_max"])         # the level the constant was taken at
+    from dsm.io import check_finite
+
+    big_t = check_finite(norm_info.get("t_max"), f"{norm}: t_max")   # the constant's level T
+    if not 0 < float(p["t_low"]) < big_t:
+        raise DsmError(f"bias.t_low: {float(p['t_low']):g} must be below the level T = {big_t:g} "
+                       f"of the normalization constant ({norm}): the budget integrates from t_low to T")
     n = min(int(p["n_images"]), len(test))
     x = test.images(np.arange(n))
     grid = np.geomspace(float(p["t_low"]), big_t, int(p["n_t"]))

@@ -142,8 +142,11 @@ def contrast_from_params(cfg: dict, model, norm, data, examples, logp, out: dict
     from dsm.evaluate import read_norm
     from dsm.io import code_version, sha256_file, sha256_json, write_json, write_parquet
     from dsm.modelfile import load_energy_model
+    from dsm.outputs import preflight
     from dsm.runtime import resolve_device, stage_threads
 
+    preflight({out["affine"]: "parquet", out["sparsity"]: "parquet", out["details"]: "json",
+               out.get("metrics"): "json"})
     p = fig4_params(cfg)
     stage_threads(cfg, "evaluate")
     dev = resolve_device(device if device is not None else cfg.get("device", "auto"))

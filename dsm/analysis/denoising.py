@@ -266,8 +266,11 @@ def table1_from_params(cfg: dict, energy, score, data, out: dict, device=None) -
     from dsm.data.exact import ExactModel, exact_density
     from dsm.data.store import open_store
     from dsm.modelfile import load_model
+    from dsm.outputs import preflight
     from dsm.runtime import image_noise, resolve_device, stage_threads
 
+    preflight({out["csv"]: "text", out["md"]: "text", out["tex"]: "text", out["json"]: "json"},
+              dirs=[out.get("metrics")])
     p = table1_params(cfg)
     stage_threads(cfg, "evaluate")
     dev = resolve_device(device if device is not None else cfg.get("device", "auto"))

@@ -286,8 +286,11 @@ def dimensionality_from_params(cfg: dict, model, norm, data, examples, out: dict
     from dsm.evaluate import read_norm
     from dsm.io import code_version, sha256_file, sha256_json, write_json, write_parquet
     from dsm.modelfile import load_energy_model
+    from dsm.outputs import preflight
     from dsm.runtime import resolve_device, stage_threads
 
+    preflight({out["curves"]: "parquet", out["details"]: "json", out.get("metrics"): "json",
+               out.get("d_eff"): "text"})
     p = fig5_params(cfg)
     stage_threads(cfg, "evaluate")
     dev = resolve_device(device if device is not None else cfg.get("device", "auto"))

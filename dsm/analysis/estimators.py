@@ -212,8 +212,10 @@ def estimators_from_params(cfg: dict, model, norm, data, out, images_out, device
     from dsm.evaluate import read_norm
     from dsm.io import code_version, sha256_file, sha256_json, write_parquet, write_text
     from dsm.modelfile import load_energy_model
+    from dsm.outputs import preflight
     from dsm.runtime import stage_threads
 
+    preflight({out: "text", images_out: "parquet"})
     ecfg = cfg.get("estimators")
     if not isinstance(ecfg, dict):
         raise DsmError("params: section 'estimators' missing")

@@ -193,7 +193,9 @@ def compare_from_params(cfg: dict, logp, metrics, details, by_n_csv=None) -> dic
     metrics), everything (``details`` JSON: all per-N metrics with their spread, the
     per-replicate values, provenance) and a per-N CSV (DVC plots). Returns the details."""
     from dsm.io import code_version, write_json, write_text
+    from dsm.outputs import preflight
 
+    preflight({details: "json", by_n_csv: "text"}, dirs=[metrics])
     ns = sorted(int(n) for n in cfg["split"]["N"])
     seeds = [int(s) for s in cfg["seeds"]]
     by_n, by_seed = compare(logp, ns, seeds)

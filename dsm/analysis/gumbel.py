@@ -137,26 +137,53 @@ def _dist(name: str):
     return getattr(stats, FAMILIES[name][0])
 
 
-def fit_family(x: np.ndarray, name: str) -> dict:
+# What scipy's fits raise on data they cannot fit (huge values, no spread): FitError is a
+# RuntimeError.
+FIT_ERRORS = (RuntimeError, ValueError, OverflowError, FloatingPointError, ZeroDivisionError)
+
+
+def _fit(dist, x: np.ndarray) -> tuple[float, ...]:
+    """``dist.fit(x)``, its warnings silenced (the result is checked instead); None when
+    scipy fails or the parameters are not finite with a positive scale."""
+    import warnings
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            theta = tuple(float(v) for v in dist.fit(x))
+        except FIT_ERRORS:
+            return None
+    if not all(np.isfinite(theta)) or not theta[-1] > 0:
+        return None
+    return theta
+
+
+def fit_family(x: np.ndarray, name: str, where: str = "table") -> dict:
     """Maximum-likelihood fit of one family: params, log_likelihood (nats, summed over the
-    sample, of the density in the column's unit), aic, ks_statistic, k."""
+    sample, of the density in the column's unit), aic, ks_statistic, k. A fit scipy cannot
+    make (values too large for its optimizer, ...) is a DsmError naming ``where``."""
     import warnings
 
     from scipy import stats
 
     dist, names = _dist(name), FAMILIES[name][1]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        theta = tuple(float(v) for v in dist.fit(x))
-    ll = float(np.sum(dist.logpdf(x, *theta)))
+    theta = _fit(dist, x)
+    if theta is not None:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            ll = float(np.sum(dist.logpdf(x, *theta)))
+            ks = float(stats.kstest(x, dist.cdf, args=theta).statistic)
+    if theta is None or not (math.isfinite(ll) and math.isfinite(ks)):
+        raise DsmError(f"{where}: the maximum-likelihood {name} fit failed on these values "
+                       f"(range {x.min():.6g} .. {x.max():.6g}): not values a fit can use")
     k = len(names)
     return {"params": dict(zip(names, theta)), "k": k, "log_likelihood": ll, "aic": 2 * k - 2 * ll,
-            "ks_statistic": float(stats.kstest(x, dist.cdf, args=theta).statistic)}
+            "ks_statistic": ks}
 
 
-def fit_families(x: np.ndarray, names=tuple(FAMILIES)) -> dict:
+def fit_families(x: np.ndarray, names=tuple(FAMILIES), where: str = "table") -> dict:
     """{family: fit_family(x, family)}, and each one's ``delta_aic`` from the best."""
-    fits = {n: fit_family(x, n) for n in names}
+    fits = {n: fit_family(x, n, where) for n in names}
     best = min(f["aic"] for f in fits.values())
     for f in fits.values():
         f["delta_aic"] = f["aic"] - best
@@ -169,11 +196,14 @@ def fit_gumbel(x: np.ndarray) -> tuple[float, float]:
     return p["loc"], p["scale"]
 
 
-def bootstrap_gumbel(x: np.ndarray, resamples: int, seed: int, level: float = LEVEL) -> dict:
+def bootstrap_gumbel(x: np.ndarray, resamples: int, seed: int, level: float = LEVEL,
+                     where: str = "table") -> dict:
     """Percentile-bootstrap intervals of the gumbel_r loc and scale, and of the sample mean:
     ``{"loc": [lo, hi], "scale": [lo, hi], "mean": [lo, hi], "resamples", "seed", "level"}``;
     the images are resampled with replacement, ``resamples`` times, from
-    ``numpy.random.default_rng(seed)``."""
+    ``numpy.random.default_rng(seed)``. A resample without a finite fit (all its values
+    equal: a sample of few distinct values) makes the intervals meaningless: a DsmError
+    naming ``where`` and how many resamples failed."""
     from scipy import stats
 
     if int(resamples) < 2:
@@ -181,10 +211,17 @@ def bootstrap_gumbel(x: np.ndarray, resamples: int, seed: int, level: float = LE
     rng = np.random.default_rng(int(seed))
     n = len(x)
     est = np.empty((int(resamples), 3))
+    failed = 0
     for b in range(int(resamples)):
         sample = x[rng.integers(0, n, n)]
-        est[b, :2] = stats.gumbel_r.fit(sample)
+        theta = _fit(stats.gumbel_r, sample) if np.ptp(sample) > 0 else None
+        failed += theta is None
+        est[b, :2] = theta if theta is not None else (np.nan, np.nan)
         est[b, 2] = sample.mean()
+    if failed:
+        raise DsmError(f"{where}: {failed} of {int(resamples)} bootstrap resamples have no finite "
+                       f"Gumbel fit (no spread: only {len(np.unique(x))} distinct values among {n}); "
+                       f"its intervals would be meaningless")
     q = [(1 - level) / 2, 1 - (1 - level) / 2]
     lo_hi = np.quantile(est, q, axis=0)
     return {"loc": [float(lo_hi[0, 0]), float(lo_hi[1, 0])],
@@ -203,7 +240,7 @@ def gumbel_density(x, loc: float, scale: float) -> np.ndarray:
 # --- the summary ------------------------------------------------------------------------------
 
 def summarize(x: np.ndarray, column: str = LOGP, resamples: int = 1000, seed: int = 0,
-              d: int | None = None) -> tuple[dict, dict]:
+              d: int | None = None, where: str = "table") -> tuple[dict, dict]:
     """``(headline, details)`` of a checked sample ``x`` of ``column``.
 
     headline (the DVC metrics, :class:`dsm.headline.Metric` by file name, the names carry
@@ -214,11 +251,12 @@ def summarize(x: np.ndarray, column: str = LOGP, resamples: int = 1000, seed: in
     details: n_images, every family's fit (fits), best_by_aic and aic_margin, the bootstrap,
     the sample's mean, range and quantiles, the entropy in every unit, conventions in words.
     """
-    x = check_values(_frame(column, x), column)
+    x = check_values(_frame(column, x), column, where)
     unit = column_unit(column)
     u = unit["suffix"]
-    fits = fit_families(x)
-    boot = bootstrap_gumbel(x, resamples, seed)
+    where = f"{where}: column {column!r}"
+    fits = fit_families(x, where=where)
+    boot = bootstrap_gumbel(x, resamples, seed, where=where)
     g = fits["gumbel_r"]
     ranked = sorted(fits, key=lambda n: fits[n]["aic"])
     mean, sd = float(np.mean(x)), float(np.std(x, ddof=1))
@@ -287,20 +325,24 @@ def gumbel_from_params(cfg: dict, logp, out, details=None, column: str = LOGP) -
     from dsm.headline import write_metrics_dir
     from dsm.io import code_version, sha256_file, write_json
 
+    from dsm.outputs import preflight
+
+    preflight(dirs=[out])
+    details = Path(details) if details is not None else default_details_path(out)
+    preflight({details: "json"})
     g = (cfg or {}).get("gumbel") or {}
     resamples, seed = int(g.get("bootstrap", 1000)), int(g.get("seed", 0))
     x, table = read_column(logp, column)
     d = None
     if "d" in table.columns and table["d"].nunique() == 1:
         d = int(table["d"].iloc[0])
-    headline, report = summarize(x, column, resamples, seed, d)
+    headline, report = summarize(x, column, resamples, seed, d, where=str(logp))
     prov = {"source": str(logp), "source_sha256": sha256_file(logp), "code_version": code_version()}
     for key in ("dataset", "checkpoint_sha256"):
         if key in table.columns and table[key].nunique() == 1:
             prov[key] = str(table[key].iloc[0])
     if d is not None:
         prov["d"] = d
-    details = Path(details) if details is not None else default_details_path(out)
     report = {**report, "dataset": prov.get("dataset"), "provenance": prov}
     write_json(details, report)
     write_metrics_dir(out, headline)

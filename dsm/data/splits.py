@@ -121,7 +121,7 @@ def make_splits(data, split_cfg: dict | None, out, progress: bool = True) -> Pat
         "N": pa.array(np.concatenate(cols["N"])),
         "dup_in_other": pa.array(np.concatenate(cols["dup_in_other"])),
     }).replace_schema_metadata({"dsm.split": key})
-    with atomic_path(out) as tmp:
+    with atomic_path(out, kind="parquet") as tmp:
         pq.write_table(table, tmp)
     print(f"dsm split: wrote {out} (N = {Ns}, n = {n})", file=sys.stderr)
     return out

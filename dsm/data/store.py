@@ -252,7 +252,9 @@ def is_store(out) -> bool:
 def check_replaceable(out) -> None:
     """Refuse an ``out`` that exists and is neither an empty directory nor a prepared store
     (a typo in ``--out`` must not delete a folder)."""
-    out = Path(out)
+    from dsm.outputs import check_place
+
+    out = check_place(out)
     if not (out.exists() or out.is_symlink()):
         return
     if out.is_dir() and not is_store(out) and any(out.iterdir()):
@@ -277,7 +279,8 @@ def write_store(out, plans: list[PartPlan], meta: dict, progress: bool = True) -
     the temporary directory and leaves an existing ``out`` untouched; a full disk is a
     DsmError naming ``out``.
     """
-    from dsm.io import is_no_space, temp_prefix, umask
+    from dsm.io import is_no_space, replace_dir, temp_prefix, umask
+    from dsm.outputs import record_written
 
     out = Path(out)
     check_replaceable(out)
@@ -291,13 +294,8 @@ def write_store(out, plans: list[PartPlan], meta: dict, progress: bool = True) -
             {"params_hash": meta["params_hash"], "source": meta["source"], "n": counts},
             indent=2, sort_keys=True) + "\n")
         check_replaceable(out)                         # nothing appeared meanwhile
-        old = None
-        if out.exists() or out.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".old", dir=out.parent))
-            os.replace(out, old / "store")
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)                          # one atomic exchange where possible
+        record_written(out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_no_space(e):

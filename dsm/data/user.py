@@ -30,7 +30,9 @@ only, before any work) or, for what only decoding reveals, by :func:`batches`.
 
 from __future__ import annotations
 
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -67,11 +69,18 @@ def _scan_image(path: Path, shape, resize: bool) -> Item:
 
     c, h, w = shape
     try:
-        with Image.open(path) as im:
-            mode, size = im.mode, im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        # an image too large to decode safely (PIL's decompression-bomb limit) is refused
+        # here, from its header, as `dsm.data.folder.load_image` would refuse to decode it
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                mode, size = im.mode, im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DsmError(f"{path}: cannot read image: {e}") from None
-    depth = _png_bit_depth(path) if path.suffix.lower() == ".png" else None
+    # the PNG header's bit depth whatever the file's name: PIL reads a 16-bit RGB PNG as
+    # 8-bit RGB (cutting the low byte), also when it is named .jpg
+    depth = _png_bit_depth(path)
     if (depth is not None and depth > 8) or mode.startswith(("I", "F")):
         raise DsmError(f"{path}: {depth or 16}-bit image (mode {mode}); only 8-bit images are supported "
                        f"(the model's pixels are 8-bit values / 255): convert it to 8 bits")
@@ -95,33 +104,71 @@ def _check_array_shape(where: str, shape, dtype, model_shape) -> int:
 
 
 def _npz_headers(path: Path) -> list[tuple[str, tuple, np.dtype]]:
-    """(key, shape, dtype) of every array of an .npz, from the headers only."""
+    """(key, shape, dtype) of every array of an .npz, from the headers only; a member whose
+    header claims more (or fewer) bytes than the member holds is refused here, before a
+    load would try to allocate what the header claims."""
     out = []
     try:
         with zipfile.ZipFile(path) as zf:
-            for name in zf.namelist():
+            for info in zf.infolist():
+                name = info.filename
                 if not name.endswith(".npy"):
                     continue
-                with zf.open(name) as f:
+                with zf.open(info) as f:
                     version = np.lib.format.read_magic(f)
                     read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                             else np.lib.format.read_array_header_2_0)
                     shape, _, dtype = read(f)
+                    offset = f.tell()
+                claimed = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if dtype.hasobject or claimed != info.file_size:
+                    raise DsmError(f"{path}[{name[:-4]}]: its header claims an array of shape "
+                                   f"{tuple(shape)} ({claimed - offset} bytes) but the member holds "
+                                   f"{info.file_size - offset} bytes: truncated or corrupt")
                 out.append((name[:-4], shape, dtype))
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise DsmError(f"{path}: cannot read .npz archive: {e}") from None
     if not out:
         raise DsmError(f"{path}: no arrays in the archive")
     return out
 
 
+def _open_npy(path: Path) -> np.ndarray:
+    """The memory-mapped array of a .npy file; a file that is not one (a text file named
+    .npy, a truncated one) is a DsmError saying so (numpy would call anything without the
+    .npy header "pickled data", and suggest loading it unsafely)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise DsmError(f"{path}: cannot read: {e.strerror}") from None
+    if magic != b"\x93NUMPY":
+        raise DsmError(f"{path}: not a NumPy .npy file (no .npy header; written by numpy.save?)")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DsmError(f"{path}: cannot read .npy array: {e}") from None
+
+
+def _utf8_name(path: Path) -> Path:
+    """``path``, if its name is valid UTF-8 (the table's ``file`` column is UTF-8 text)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise DsmError(f"{shown}: file name is not valid UTF-8 (the output table names each "
+                       f"file in UTF-8); rename it") from None
+    return path
+
+
 def scan(inputs, shape, resize: bool = False) -> list[Item]:
     """Every input unit, validated from headers (files, sizes, modes, shapes, dtypes)."""
     items: list[Item] = []
     for name in inputs:
-        path = Path(name)
+        path = _utf8_name(Path(name))
         if path.is_dir():
-            files = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+            files = sorted((_utf8_name(p) for p in path.rglob("*")
+                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
                            key=lambda p: p.relative_to(path).as_posix())
             if not files:
                 raise DsmError(f"{path}: no PNG/JPEG images (.png, .jpg, .jpeg) in this folder")
@@ -131,10 +178,7 @@ def scan(inputs, shape, resize: bool = False) -> list[Item]:
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
             items.append(_scan_image(path, shape, resize))
         elif path.suffix.lower() == ".npy":
-            try:
-                arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise DsmError(f"{path}: cannot read .npy array: {e}") from None
+            arr = _open_npy(path)
             items.append(Item("npy", path, _check_array_shape(str(path), arr.shape, arr.dtype, shape)))
         elif path.suffix.lower() == ".npz":
             for key, shp, dtype in _npz_headers(path):
@@ -198,12 +242,15 @@ def batches(items: list[Item], shape, batch_size: int, resize: bool = False,
         if pending:
             yield flush()
         if it.kind == "npy":
-            arr = np.load(it.path, mmap_mode="r", allow_pickle=False)
+            arr = _open_npy(it.path)
             where = str(it.path)
         else:
-            with np.load(it.path, allow_pickle=False) as z:
-                arr = z[it.key]
             where = f"{it.path}[{it.key}]"
+            try:
+                with np.load(it.path, allow_pickle=False) as z:
+                    arr = z[it.key]
+            except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError) as e:
+                raise DsmError(f"{where}: cannot read the array: {e}") from None
         for a in range(0, it.count, batch_size):
             b = min(it.count, a + batch_size)
             x = _to_float(f"{where} images {a}..{b - 1}", arr[a:b], shape, allow_unclipped)

@@ -15,7 +15,6 @@ exact density of the `field` source:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import pandas as pd
 
 from dsm.errors import DsmError
 from dsm.figures.output import save_figure
+from dsm.io import read_json
 
 
 def plot_bias(df: pd.DataFrame, totals: dict, path, title: str = "") -> None:
@@ -84,11 +84,18 @@ def fig_bias_from_params(cfg: dict, table, totals, out) -> None:
     for p in (table, totals):
         if not p.is_file():
             raise DsmError(f"{p}: not found (run `dsm bias`)")
-    tot = json.loads(totals.read_text())
+    tot = read_json(totals, "bias totals (dsm bias)")
+    if not isinstance(tot, dict) or (tot.get("available", True) and "t_norm" not in tot):
+        raise DsmError(f"{totals}: not the totals JSON of `dsm bias` (key 't_norm' missing)")
     if not tot.get("available", True):
-        _not_available(tot["reason"], out)
+        _not_available(str(tot.get("reason", "no exact density")), out)
         return
-    df = pd.read_csv(table)
+    try:
+        df = pd.read_csv(table)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise DsmError(f"{table}: not a CSV table of `dsm bias` ({type(e).__name__})") from None
+    if "t" not in df.columns:
+        raise DsmError(f"{table}: not the table of `dsm bias` (column 't' missing)")
     if not np.isfinite(df["t"]).all():
         raise DsmError(f"{table}: non-finite noise levels")
     title = (f"{cfg.get('name')}: bias budget of the full model against the exact density "

@@ -246,7 +246,12 @@ def fig1_from_params(cfg: dict, out, device=None) -> dict:
     """`dsm fig1`: parameters from cfg['fig1'] (paper values by default)."""
     from dsm.runtime import stage_threads
 
+    from dsm.outputs import check_place
+
     p = fig1_params(cfg)
+    # OUT holds the run directories ssm/ and dsm/: never `.` (a checkout's dsm/ package), a
+    # repository or a parent of an argument
+    check_place(out)
     stage_threads(cfg, "train")
     if device is None:
         device = (cfg or {}).get("device", "auto")

@@ -22,7 +22,6 @@ the histogram stays readable; ``figures.fig3.lim`` fixes the limits instead.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -162,13 +161,12 @@ def plot_fig3(values, gumbel: dict, items: list[dict], p: dict, path, exact=None
 
 
 def _read_json(path, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise DsmError(f"{path}: {what} not found")
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise DsmError(f"{path}: not valid JSON") from None
+    from dsm.io import read_json
+
+    found = read_json(path, what)
+    if not isinstance(found, dict):
+        raise DsmError(f"{path}: not the {what.split(' (')[0]} (not a JSON object)")
+    return found
 
 
 def fig3_from_params(cfg: dict, logp, gumbel, examples, probes, data, out, hist=None) -> None:
@@ -179,6 +177,9 @@ def fig3_from_params(cfg: dict, logp, gumbel, examples, probes, data, out, hist=
 
     from dsm.data.store import open_store
 
+    from dsm.outputs import preflight
+
+    preflight({out: "pdf", hist: "text"})
     p = fig3_params(cfg)
     path = Path(logp)
     if not path.is_file():

@@ -14,7 +14,6 @@ with Pearson r and Spearman ρ.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +23,31 @@ from dsm.figures.fig5 import ref_colors
 from dsm.figures.output import save_figure
 
 
+# The columns each table of `dsm contrast` must have (a swapped --affine/--sparsity, or
+# another table, is refused naming the file).
+COLUMNS = {"contrast table": ("kind", "a", "b", "image_index", "image_mean", "logp_db_per_dim",
+                              "exact_logp_db_per_dim"),
+           "sparsity table": ("participation_ratio", "logp_db_per_dim", "exact_logp_db_per_dim")}
+
+
 def _read(path, what):
-    import pandas as pd
+    from dsm.io import read_json, read_parquet
 
     path = Path(path)
     if not path.is_file():
         raise DsmError(f"{path}: {what} not found (run `dsm contrast`)")
-    return pd.read_parquet(path) if path.suffix == ".parquet" else json.loads(path.read_text())
+    if what not in COLUMNS:
+        found = read_json(path, what)
+        if not isinstance(found, dict):
+            raise DsmError(f"{path}: not the {what} of `dsm contrast` (not a JSON object)")
+        return found
+    table = read_parquet(path, what)
+    missing = [c for c in COLUMNS[what] if c not in table.columns]
+    if missing:
+        swapped = " (are --affine and --sparsity swapped?)" if any(
+            set(cols) <= set(table.columns) for w, cols in COLUMNS.items() if w != what) else ""
+        raise DsmError(f"{path}: not the {what} of `dsm contrast`: column {missing[0]!r} missing{swapped}")
+    return table
 
 
 def plot_fig4(affine, sparsity, details: dict, path, title: str = "") -> None:

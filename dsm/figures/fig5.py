@@ -13,13 +13,13 @@ and dotted in the same colours (and the population d_eff of the source in grey).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from dsm.errors import DsmError
 from dsm.figures.output import save_figure
+from dsm.io import read_json, read_parquet
 
 
 def read_curves(path):
@@ -28,7 +28,7 @@ def read_curves(path):
     path = Path(path)
     if not path.is_file():
         raise DsmError(f"{path}: curves not found (run `dsm dimensionality`)")
-    df = pd.read_parquet(path)
+    df = read_parquet(path, "curves of `dsm dimensionality`")
     missing = {"curve", "kind", "t", "d", "logp_db_per_dim", "d_eff_eq11", "d_eff_eq12"} - set(df.columns)
     if missing:
         raise DsmError(f"{path}: columns {sorted(missing)} missing")
@@ -128,7 +128,9 @@ def fig5_from_params(cfg: dict, curves, details, data, out) -> None:
     mpath = Path(details)
     if not mpath.is_file():
         raise DsmError(f"{mpath}: details not found (run `dsm dimensionality`)")
-    m = json.loads(mpath.read_text())
+    m = read_json(mpath, "details of `dsm dimensionality`")
+    if not isinstance(m, dict):
+        raise DsmError(f"{mpath}: not the details of `dsm dimensionality` (not a JSON object)")
     test = open_test_part(data)
     refs = df[df["kind"] == "reference"].drop_duplicates("curve")
     thumbs = {r.curve: test.images([int(r.image_index)])[0] for r in refs.itertuples()}

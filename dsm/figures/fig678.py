@@ -117,6 +117,9 @@ def fig678_from_params(cfg: dict, logp, data, highest, lowest, spaced, selection
 
     from dsm.data.store import open_store
 
+    from dsm.outputs import preflight
+
+    preflight({highest: "pdf", lowest: "pdf", spaced: "pdf", selection: "json"})
     p = fig678_params(cfg)
     path = Path(logp)
     if not path.is_file():

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dsm.io import atomic_path
+from dsm.outputs import KINDS
 
 
 def save_figure(fig, path, **kwargs) -> Path:
@@ -16,7 +17,7 @@ def save_figure(fig, path, **kwargs) -> Path:
     fmt = path.suffix.lstrip(".") or "pdf"
     metadata = {"CreationDate": None} if fmt == "pdf" else {}
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, kind=fmt if fmt in KINDS else None) as tmp:
             fig.savefig(tmp, format=fmt, metadata=metadata, **kwargs)
     finally:
         plt.close(fig)

@@ -110,7 +110,9 @@ def table2_from_params(cfg: dict, logp, data, model, norm, csv, md, tex, metrics
 
     from dsm.data.store import open_store
     from dsm.io import code_version, write_text
+    from dsm.outputs import preflight
 
+    preflight({csv: "text", md: "text", tex: "text"}, dirs=[metrics])
     p = (cfg.get("table2") or {})
     draws, seed = int(p.get("dequantize_draws", 1)), int(p.get("seed", 0))
     path = Path(logp)

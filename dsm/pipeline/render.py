@@ -219,7 +219,7 @@ def write_dvc_yaml(root=".") -> bool:
     text = dvc_yaml_text(root)
     if path.is_file() and path.read_text() == text:
         return False
-    write_text(path, text)
+    write_text(path, text, replace_tracked=True)     # the committed, generated dvc.yaml
     return True
 
 

@@ -49,17 +49,34 @@ def _run(cmd: list[str], root, check: bool = True) -> subprocess.CompletedProces
           file=sys.stderr)
     res = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if check and res.returncode != 0:
-        tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-15:])
-        raise DsmError(f"{Path(cmd[0]).name} failed (exit {res.returncode}):\n{tail}")
+        raise DsmError(f"{Path(cmd[0]).name} failed (exit {res.returncode}): "
+                       f"{failure_summary(res.stdout + res.stderr)}")
     return res
+
+
+def failure_summary(output: str, most: int = 600) -> str:
+    """One line from a tool's output that says why it failed: its ERROR lines (DVC,
+    Snakemake), else its last line; ``(no message)`` when it printed nothing."""
+    lines = [" ".join(line.split()) for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.lower().startswith(("error", "exception"))
+              or "Error" in line.split(":", 1)[0]]
+    text = " | ".join(errors or lines[-1:]) or "(no message)"
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def dvc_stages(root=".") -> dict[str, list[str]]:
     """{stage address (e.g. ``train@10-A``): its output paths} of dvc.yaml, in order."""
+    return {name: outs for name, (outs, _, _) in _dvc_stage_table(root).items()}
+
+
+def _dvc_stage_table(root=".") -> dict[str, tuple[list[str], list[str], str]]:
+    """{stage address: (output paths, dependency paths, command)} of dvc.yaml."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        return {s.name: [str(o.def_path) for o in s.outs] for s in repo.index.stages}
+        return {s.name: ([str(o.def_path) for o in s.outs], [str(d.def_path) for d in s.deps],
+                         s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd or []))
+                for s in repo.index.stages}
 
 
 def _complete(root, stages: dict) -> tuple[dict, list[str]]:
@@ -86,9 +103,13 @@ def sync_dvc(root=".", extra=()) -> list[str]:
     outs = sorted({o for v in done.values() for o in v})
     pending = snakemake_pending(root, outs, extra)
     if pending:
-        raise DsmError("Snakemake would still run jobs for these outputs; run it first "
-                       "(`snakemake --cores N all`):\n" + "\n".join(pending[:20]))
-    _run([_tool("dvc"), "commit", "--force", "--quiet", *done], root)
+        jobs = [line.strip() for line in pending if line.strip().startswith("rule ")]
+        raise DsmError(f"Snakemake would still run {len(jobs) or 'some'} job(s) for these outputs "
+                       f"({', '.join(sorted(set(j[5:].rstrip(':') for j in jobs))[:8]) or pending[0]}); "
+                       f"run it first (`snakemake --cores N all`)")
+    check_dependencies(root, done)
+    check_written(root, done)
+    _run([_tool("dvc"), "commit", "--force", *done], root)
     _mark_snakemake(root, outs, list(done), extra)
     if missing:
         print(f"dsm sync dvc: not adopted (outputs missing): {', '.join(missing)}", file=sys.stderr)
@@ -97,13 +118,90 @@ def sync_dvc(root=".", extra=()) -> list[str]:
     return list(done)
 
 
+def _changed_outputs(root, stages: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(stage, output) of each output whose content differs from what dvc.lock records
+    (``dvc status``: changed, new, not yet in the lock)."""
+    status = dvc_status(root, list(stages))
+    found = []
+    for name, entries in status.items():
+        outs = stages.get(name) or stages.get(str(name).rsplit(":", 1)[-1])
+        for entry in entries if isinstance(entries, list) else [entries]:
+            if isinstance(entry, dict) and "changed outs" in entry:
+                found += [(name, o) for o in entry["changed outs"]]
+            elif isinstance(entry, str) or outs is None:
+                # a status without a list of outputs ("always changed", a stage without a
+                # lock entry): every output of the stage is checked
+                found += [(name, o) for o in (outs or [o for v in stages.values() for o in v])]
+    return sorted(set(found), key=lambda so: (so[1], so[0]))
+
+
+def check_dependencies(root, stages: dict[str, list[str]]) -> None:
+    """Refuse to adopt a stage one of whose dependencies is missing (an intermediate output
+    deleted after the run): DVC cannot record it, and its outputs can no longer be checked
+    against what made them."""
+    table = _dvc_stage_table(root)
+    for stage in stages:
+        for dep in table.get(stage, ([], [], ""))[1]:
+            if not os.path.lexists(Path(root) / dep):
+                makers = [s for s, (outs, _, _) in table.items() if dep in outs]
+                made_by = f", an output of stage {makers[0]}" if makers else ""
+                raise DsmError(f"{dep}: missing{made_by}; stage {stage} depends on it, so it cannot "
+                               f"be adopted: rerun the pipeline (`snakemake --cores N all`) or "
+                               f"restore it (`dvc checkout {dep}`)")
+
+
+def check_written(root, stages: dict[str, list[str]]) -> None:
+    """Refuse to adopt an output that no ``dsm`` command wrote as it is now.
+
+    Snakemake judges by modification times: a final output edited by hand has no newer
+    input, so Snakemake sees nothing to do, and ``dvc commit`` would record the edit as
+    the pipeline's result. Every output whose content differs from dvc.lock must therefore
+    hold exactly what a ``dsm`` command last wrote there (the content record of
+    :func:`dsm.outputs.record_written`), or, for a stage that is not a ``dsm`` command
+    (``publish_fig1``'s copy), be a byte copy of one of its dependencies that passes."""
+    from dsm import outputs
+
+    table = _dvc_stage_table(root)
+    changed = _changed_outputs(root, stages)
+    changed_paths = {o for _, o in changed}
+    bad = []
+    for stage, out in changed:
+        why = outputs.verify_written(root, out)
+        if why is None:
+            continue
+        _, deps, cmd = table.get(stage, ([], [], ""))
+        if not cmd.startswith("dsm ") and _copy_of_vouched(root, out, deps, changed_paths):
+            continue
+        bad.append((stage, out, why))
+    if bad:
+        stage, out, why = bad[0]
+        rule = str(stage).rsplit(":", 1)[-1].split("@")[0]
+        more = f" (and {len(bad) - 1} more: {', '.join(o for _, o, _ in bad[1:4])}" \
+               f"{' ...' if len(bad) > 4 else ''})" if len(bad) > 1 else ""
+        raise DsmError(f"{out}: not adopted: {why} (edited by hand, or written by an older "
+                       f"version){more}; nothing was recorded in dvc.lock: rerun its stage "
+                       f"(`snakemake --forcerun {rule} ...`) or restore it (`dvc checkout --force {out}`)")
+
+
+def _copy_of_vouched(root, out: str, deps: list[str], changed: set[str]) -> bool:
+    from dsm import outputs
+
+    now = outputs.content_digest(Path(root) / out)
+    for dep in deps:
+        if now is None or outputs.content_digest(Path(root) / dep) != now:
+            continue
+        if dep not in changed or outputs.verify_written(root, dep) is None:
+            return True
+    return False
+
+
 def _mark_snakemake(root, outs: list[str], stages: list[str], extra=(), cores: int = 1) -> None:
     """Touch ``outs`` in DAG order and record them in Snakemake's metadata; then check that
     both tools agree nothing is to be done for them (DVC re-hashes the touched files)."""
     _run([_tool("snakemake"), "--cores", str(cores), "--touch", "--forceall", *outs, *extra], root)
     pending = snakemake_pending(root, outs, extra)
     if pending:
-        raise DsmError("after touching, Snakemake still plans jobs:\n" + "\n".join(pending[:20]))
+        raise DsmError(f"after touching, Snakemake still plans jobs: {failure_summary(chr(10).join(pending))}")
     status = dvc_status(root, stages)
     if status:
         raise DsmError(f"dvc status is not clean after the sync: {', '.join(sorted(status)[:10])}")
