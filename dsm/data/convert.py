@@ -10,6 +10,13 @@ from pathlib import Path
 from dsm.errors import DsmError
 
 LUMA = (0.299, 0.587, 0.114)   # ITU-R BT.601
+EXTENSIONS = (".png", ".jpg", ".jpeg")   # image files of a user's folder (any case)
+
+
+def list_images(root: Path) -> list[str]:
+    """Relative paths (POSIX, sorted) of the PNG/JPEG files anywhere under ``root``."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.suffix.lower() in EXTENSIONS and p.is_file())
 
 
 def required_root(cfg: dict, source: str, what: str) -> Path:

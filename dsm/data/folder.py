@@ -24,15 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dsm.data.convert import EXTENSIONS, list_images  # noqa: F401  (re-exported)
 from dsm.errors import DsmError
 
-EXTENSIONS = (".png", ".jpg", ".jpeg")
 CHUNK = 1024
-
-
-def list_images(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                  if p.suffix.lower() in EXTENSIONS and p.is_file())
 
 
 def _to_test(rel: str, fraction: float) -> bool:

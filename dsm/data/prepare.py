@@ -2,13 +2,15 @@
 
 Data params (the ``data`` section of a scale; defaults in brackets):
 
-* ``source``     [field] one of field, gsm, fashion-mnist, imagenet64, cifar10, folder.
+* ``source``     [field] one of field, gsm, fashion-mnist, imagenet64, cifar10, folder,
+                 patches.
 * ``root``       [null] directory of the raw files (real sources). null means the
                  source's default: fashion-mnist ``/usr/share/datasets/fashion-mnist``
-                 (Debian package ``dataset-fashion-mnist``); the others require it.
+                 (Debian package ``dataset-fashion-mnist``), patches the photographs
+                 bundled with scikit-image; the others require it.
 * ``image_size`` [null] output height = width in pixels. null: the source's native
                  size (field 16, fashion-mnist 28, imagenet64 64, cifar10 32, folder:
-                 all images must then share one size). Real images are resized
+                 all images must then share one size; patches: the patch size, 8). Real images are resized
                  (Lanczos) when it differs; folder images are resized on the shorter
                  side and center-cropped. Ignored by gsm.
 * ``channels``   [null] 1 = grayscale (ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B,
@@ -23,8 +25,8 @@ Data params (the ``data`` section of a scale; defaults in brackets):
                  which ``train`` then excludes (``meta.json`` ``holdout`` says which).
 * one subsection per source, read only when that source is active:
   ``field`` (see :mod:`dsm.data.field`), ``gsm`` (d, sigmas, weights, seed),
-  ``folder`` (test_fraction); ``fashion-mnist``, ``imagenet64``, ``cifar10`` take no
-  options (an empty mapping or null).
+  ``folder`` (test_fraction), ``patches`` (see :mod:`dsm.data.patches`);
+  ``fashion-mnist``, ``imagenet64``, ``cifar10`` take no options (an empty mapping or null).
 
 Pixels are scaled to [0, 1] on read (8-bit sources are stored as uint8). Horizontal
 flips are a training-time augmentation and are not baked in.
@@ -38,10 +40,10 @@ from pathlib import Path
 from dsm.data.convert import LUMA  # noqa: F401  (re-exported: the grayscale weights)
 from dsm.errors import DsmError
 
-SOURCES = ("field", "gsm", "fashion-mnist", "imagenet64", "cifar10", "folder")
+SOURCES = ("field", "gsm", "fashion-mnist", "imagenet64", "cifar10", "folder", "patches")
 COMMON = ("source", "root", "image_size", "channels", "n_train", "n_test", "n_holdout")
 # sources with options of their own (a `$defs` entry of the schema each)
-OPTIONS = ("field", "gsm", "folder")
+OPTIONS = ("field", "gsm", "folder", "patches")
 
 
 def resolve(data_cfg: dict | None) -> dict:
@@ -57,6 +59,10 @@ def resolve(data_cfg: dict | None) -> dict:
         from dsm.data.field import DEFAULT_IMAGE_SIZE
 
         out["image_size"] = DEFAULT_IMAGE_SIZE      # resolved, so null and 16 hash alike
+    if src == "patches" and out["image_size"] is None:
+        from dsm.data.patches import DEFAULT_SIZE
+
+        out["image_size"] = DEFAULT_SIZE
     return out
 
 
@@ -80,6 +86,8 @@ def plan_source(cfg: dict):
         from dsm.data import imagenet64 as mod
     elif src == "cifar10":
         from dsm.data import cifar10 as mod
+    elif src == "patches":
+        from dsm.data import patches as mod
     else:
         from dsm.data import folder as mod
     return mod.plan(cfg)
