@@ -419,6 +419,10 @@ def _add_table2(sub):
     p.add_argument("--metrics", default=None,
                    help="output directory of the headline numbers (DVC metrics): one file per row that "
                         "applies, {mean_bits_per_dim, se_bits_per_dim}")
+    p.add_argument("--peers", default=None, help="the peers' per-image table (dsm peers): their rows")
+    p.add_argument("--peers-info", default=None, help="the peers' JSON (fits and costs)")
+    p.add_argument("--benchmarks", default=None,
+                   help="directory of Snakemake's benchmark files (the model's CPU seconds, when present)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_run_table2)
 
@@ -427,10 +431,28 @@ def _run_table2(args):
     from dsm.figures.table2 import table2_from_params
 
     table2_from_params(_scale_cfg(args), logp=args.logp, data=args.data, model=args.model, norm=args.norm,
-                       csv=args.csv, md=args.md, tex=args.tex, metrics=args.metrics, device=args.device)
+                       csv=args.csv, md=args.md, tex=args.tex, metrics=args.metrics, device=args.device,
+                       peers=args.peers, peers_info=args.peers_info, benchmarks=args.benchmarks)
 
 
-BUILDERS += [_add_gumbel, _add_probes, _add_fig3, _add_fig678, _add_table2]
+def _add_peers(sub):
+    p = sub.add_parser("peers", help="Table 2's peers: a Gaussian mixture and a Gaussian on the same images",
+                       description="Fit a full-covariance Gaussian mixture (peers.gmm) and a single Gaussian "
+                                   "on peers.n_fit training images; exact log p of every test image.")
+    _add_params_options(p)
+    p.add_argument("--data", required=True, help="prepared store directory")
+    p.add_argument("--logp", required=True, help="output Parquet: one row per test image and peer")
+    p.add_argument("--info", required=True, help="output JSON: fits, CPU seconds, parameter counts, test NLL")
+    p.set_defaults(func=_run_peers)
+
+
+def _run_peers(args):
+    from dsm.analysis.peers import peers_from_params
+
+    peers_from_params(_scale_cfg(args), data=args.data, logp=args.logp, info=args.info)
+
+
+BUILDERS += [_add_gumbel, _add_probes, _add_fig3, _add_fig678, _add_peers, _add_table2]
 
 
 # --- across noise levels: Table 1, Figures 4 and 5 ------------------------------------

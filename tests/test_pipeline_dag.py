@@ -81,7 +81,7 @@ def test_second_run_does_nothing(finished_default):
 def test_lr_change_reruns_training_and_downstream_only(finished_default, tmp_path):
     jobs = _rerun_plan(finished_default, "train", "lr", "1.234e-3", tmp_path)
     assert jobs.pop("train") == 12
-    upstream = {"prepare", "split", "fig1", "publish_fig1"}
+    upstream = {"prepare", "split", "fig1", "publish_fig1", "peers"}    # peers: data only
     assert set(jobs) == set(expected_jobs(load_params(finished_default)["scales"]["default"])) - upstream - {"train"}
     assert jobs["normalize"] == jobs["evaluate"] == 12
 

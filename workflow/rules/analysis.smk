@@ -153,3 +153,23 @@ rule estimators:
         **resources_of("estimators"),
     shell:
         shell_of("estimators")
+
+
+rule peers:
+    input:
+        **inputs("peers"),
+    output:
+        **outputs("peers"),
+    params:
+        **params_of("peers"),
+    conda:
+        CONDA_ENV
+    log:
+        log_of("peers"),
+    benchmark:
+        benchmark_of("peers")
+    threads: res("peers", "threads")
+    resources:
+        **resources_of("peers"),
+    shell:
+        shell_of("peers")
