@@ -101,6 +101,10 @@ def _add_logp(sub):
     p.add_argument("--prior-var", type=float, default=None, help="gaussian prior: data variance per value v")
     p.add_argument("--resize", action="store_true",
                    help="resize image files of another size (shorter side, Lanczos; center crop)")
+    p.add_argument("--patches", type=int, default=None, metavar="STRIDE",
+                   help="photographs under a patch model: cut each image into the model's patches on a "
+                        "grid of STRIDE pixels, pixels as the patches source makes them; one row per patch "
+                        "(y, x) with the image's mean log p")
     p.add_argument("--allow-unclipped", action="store_true",
                    help="accept float arrays outside [0, 1] (e.g. the synthetic field images)")
     p.add_argument("--batch-size", type=int, default=64,
@@ -117,7 +121,8 @@ def _run_logp(args):
     logp(args.model, args.inputs, args.out, norm=args.norm, estimator=args.estimator,
          options=args.option, prior=args.prior, prior_mean=args.prior_mean, prior_var=args.prior_var,
          seed=args.seed, batch_size=args.batch_size, resize=args.resize,
-         allow_unclipped=args.allow_unclipped, device=args.device, threads=args.threads)
+         allow_unclipped=args.allow_unclipped, device=args.device, threads=args.threads,
+         patches=args.patches)
 
 
 

@@ -260,7 +260,7 @@ def check_file(path, kind: str | None = None, replace_tracked: bool = False) -> 
 
 
 def is_headline_file(path: Path) -> bool:
-    """True for a file that :func:`dsm.headline.write_headline` could have written: a JSON
+    """True for a file that :func:`dsm.headline.write_metrics_dir` could have written: a JSON
     object whose values are numbers or null."""
     try:
         if path.stat().st_size > _HEADLINE_MAX_BYTES:

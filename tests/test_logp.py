@@ -50,7 +50,8 @@ def trained(tmp_path_factory):
         _png(root / "raw" / "test" / f"t{i}.png", rng, mode)
     common = ["--params", REPO / "params.yaml", "--scale", "smoke",
               "--set", "data.source=folder", "--set", f"data.root={root / 'raw'}",
-              "--set", "data.n_train=null", "--set", "data.n_test=null", "--set", "data.channels=1",
+              "--set", "data.n_train=null", "--set", "data.n_test=null", "--set", "data.n_holdout=8",
+              "--set", "data.channels=1",
               "--set", "data.image_size=null", "--set", "train.progress=false"]
     data, model = root / "data", root / "models/smoke/full"
     norm, table = root / "results/smoke/full/norm.json", root / "results/smoke/full/logp-test.parquet"
@@ -246,3 +247,57 @@ def test_note_when_the_training_store_was_not_8_bit(tmp_path, capsys):
     _warn_if_not_8bit(payload, [Item("image", tmp_path / "a.png", 1)])
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "field" in err and "float32" in err and "8-bit" in err
+
+
+def test_patches_of_a_photograph_equal_the_patches_as_an_array(trained, tmp_path):
+    """--patches: a photograph cut into the model's 8x8 patches (dequantized luma, as the
+    patches source makes them) scores as the same patches given as an array."""
+    from dsm.data.patches import dequantize, read_luma
+
+    root, model, _ = trained
+    rng = np.random.default_rng(7)
+    photo = tmp_path / "photos" / "p.png"
+    photo.parent.mkdir()
+    yy, xx = np.mgrid[0:21, 0:30]
+    rgb = np.stack([(120 + 80 * np.sin(xx / 4.0)).astype(np.uint8), (100 + yy * 5).astype(np.uint8),
+                    rng.integers(0, 256, (21, 30), dtype=np.uint8)], -1)
+    Image.fromarray(rgb, "RGB").save(photo)
+    out = tmp_path / "patches.parquet"
+    assert _cli("logp", "--model", model, "--patches", 4, photo, "--out", out, "--seed", 3) == 0
+    got = pd.read_parquet(out)
+    ys, xs = [0, 4, 8, 12], [0, 4, 8, 12, 16, 20]                  # corners with room for 8 pixels
+    assert len(got) == 24 and got["index"].tolist() == list(range(24))
+    assert got["y"].tolist() == [y for y in ys for _ in xs] and got["x"].tolist() == xs * 4
+    # the same patches, made independently of dsm logp, scored as a float array
+    k = read_luma(photo)
+    luma = np.clip(np.rint(rgb.astype(np.float64) @ [0.299, 0.587, 0.114]), 0, 255)
+    np.testing.assert_array_equal(k, luma)
+    x = dequantize(k, 3, "p.png")
+    np.testing.assert_array_equal(np.floor(256.0 * x.astype(np.float64)), luma)
+    arr = np.stack([x[y:y + 8, xx_:xx_ + 8] for y in ys for xx_ in xs])[:, None]
+    np.save(tmp_path / "arr.npy", arr)
+    assert _cli("logp", "--model", model, tmp_path / "arr.npy", "--out", tmp_path / "arr.parquet") == 0
+    ref = pd.read_parquet(tmp_path / "arr.parquet")
+    np.testing.assert_allclose(got["energy_nats"], ref["energy_nats"], rtol=1e-6)
+    np.testing.assert_allclose(got["image_logp_db_per_dim"], ref["logp_db_per_dim"].mean(), rtol=1e-6)
+    # another seed: other dequantization draws, other values
+    assert _cli("logp", "--model", model, "--patches", 4, photo, "--out", tmp_path / "s4.parquet",
+                "--seed", 4) == 0
+    assert not np.array_equal(pd.read_parquet(tmp_path / "s4.parquet")["energy_nats"], got["energy_nats"])
+
+
+def test_patches_bad_input(trained, tmp_path, capsys):
+    root, model, _ = trained
+    small = _png(tmp_path / "s.png", np.random.default_rng(0), size=6)
+    out = tmp_path / "o.parquet"
+    for args, message in [((small,), "smaller than one 8x8 patch"),
+                          ((tmp_path / "missing.png",), "not found"),
+                          ((root / "raw" / "test" / "t0.png", "--resize"), "exclude each other")]:
+        assert _cli("logp", "--model", model, "--patches", 4, *args, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+    np.save(tmp_path / "a.npy", np.zeros((2, 8, 8), np.float32))
+    assert _cli("logp", "--model", model, "--patches", 4, tmp_path / "a.npy", "--out", out) == 2
+    assert "--patches takes PNG/JPEG images" in capsys.readouterr().err
+    assert _cli("logp", "--model", model, "--patches", 0, small, "--out", out) == 2

@@ -252,6 +252,14 @@ def test_affine_convention():
     r = contrast.correlations([1, 2, 3, 4], [2, 4, 6, 100])
     assert r["pearson_r"] < 1 and r["spearman_rho"] == pytest.approx(1.0)
     assert contrast.correlations([1, 2], [1, 2])["pearson_r"] is None
+    # Fisher's z interval: r = 0.5 at n = 103 -> atanh(0.5) ± 1.96 / 10
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=103)
+    b = 0.5 * a + rng.normal(size=103) * np.sqrt(0.75)
+    got = contrast.correlations(a, b)
+    z = np.arctanh(got["pearson_r"])
+    assert got["pearson_ci95"] == pytest.approx([np.tanh(z - 0.1959964), np.tanh(z + 0.1959964)])
+    assert got["pearson_ci95"][0] < got["pearson_r"] < got["pearson_ci95"][1]
 
 
 # --- Figure 1: exact energy landscape --------------------------------------------------------

@@ -23,8 +23,17 @@ each quantity is a mean over the test images with its standard error (sd / sqrt(
   difference model - exact, averaged (paired standard error). The 8 cancels: it is in
   bits/dim of -log p, and its expectation is KL(p || p_model) / (d ln 2) >= 0.
 
+* With the peers (:mod:`dsm.analysis.peers`: a full-covariance Gaussian mixture and a single
+  Gaussian fit on the training images, exact log p of the same test images): ``gmm`` and
+  ``gaussian`` — their NLL in the 8-bit-shift convention; ``model_minus_gmm`` and
+  ``model_minus_gaussian`` — the per-image difference model - peer, averaged with its paired
+  standard error (no shift; negative: the model gives the test images more probability);
+  on an exact source also ``gmm_excess`` and ``gaussian_excess`` (peer - exact, >= 0 in
+  expectation).
+
 Rows: dicts with key, quantity, convention, nats_per_dim (-log p / d, no shift),
-se_nats_per_dim, bits_per_dim, se_bits_per_dim, n_images, applies, note.
+se_nats_per_dim, bits_per_dim, se_bits_per_dim, n_images, applies, note, and the costs of
+a model's row: n_parameters, fit_cpu_seconds, eval_cpu_seconds (None where unknown).
 """
 
 from __future__ import annotations
@@ -99,19 +108,27 @@ def source_entropy(meta: dict) -> tuple[float, float] | None:
     return (float(h[0]), float(h[1])) if isinstance(h, tuple) else (float(h), 0.0)
 
 
-def _row(key, quantity, convention, nats, se_nats, n, shift=SHIFT, note=""):
+COSTS = ("n_parameters", "fit_cpu_seconds", "eval_cpu_seconds")
+PEER_NAMES = {"gmm": "Gaussian mixture", "gaussian": "single Gaussian"}
+
+
+def _row(key, quantity, convention, nats, se_nats, n, shift=SHIFT, note="", costs=None):
     applies = nats is not None
     return {"key": key, "quantity": quantity, "convention": convention,
             "bits_per_dim": shift + nats / LN2 if applies else None,
             "se_bits_per_dim": se_nats / LN2 if applies else None,
             "nats_per_dim": nats, "se_nats_per_dim": se_nats if applies else None,
-            "n_images": n, "applies": applies, "note": note}
+            "n_images": n, "applies": applies, "note": note,
+            **{k: (costs or {}).get(k) for k in COSTS}}
 
 
-def nll_rows(table, meta: dict, dequantized=None, draws: int = 1) -> list[dict]:
+def nll_rows(table, meta: dict, dequantized=None, draws: int = 1, peers=None, peers_info=None,
+             model_costs=None) -> list[dict]:
     """Table 2's rows from the per-image table (columns energy_nats, d, and on exact sources
     exact_energy_nats), the store's ``meta`` and, for 8-bit sources, the per-image
-    dequantized energies (nats, same order as ``table``)."""
+    dequantized energies (nats, same order as ``table``); with ``peers`` (the peers stage's
+    per-image table: image_index, model, energy_nats) also the peers' rows (their costs
+    from ``peers_info``); ``model_costs`` the model's (keys of :data:`COSTS`)."""
     for col in ("energy_nats", "d"):
         if col not in table.columns:
             raise DsmError(f"per-image table: column {col!r} missing")
@@ -124,7 +141,7 @@ def nll_rows(table, meta: dict, dequantized=None, draws: int = 1) -> list[dict]:
     source = meta.get("source", "?")
     shift_conv = "continuous density + 8-bit shift: 8 + (-log p(x)) / (d ln 2), pixels in [0, 1]"
     m, se = mean_se(e / d)
-    rows = [_row("model_8bit_shift", "model NLL, test set", shift_conv, m, se, n)]
+    rows = [_row("model_8bit_shift", "model NLL, test set", shift_conv, m, se, n, costs=model_costs)]
     deq_conv = (f"uniform dequantization: 8 + E_u[-log p(x + u)] / (d ln 2), u ~ U[0, 1/256)^d, "
                 f"{draws} draw(s) per image; an upper bound on the NLL of the disjoint bins [x, x + 1/256)")
     if is_8bit(meta):
@@ -150,4 +167,54 @@ def nll_rows(table, meta: dict, dequantized=None, draws: int = 1) -> list[dict]:
         rows.append(_row("model_excess", "model excess: model - exact, per image",
                          "difference of -log p / (d ln 2), no shift; expectation KL(p || p_model) / (d ln 2)",
                          m, se, n, shift=0.0, note="paired over the same test images"))
+    if peers is not None:
+        rows += peer_rows(table, peers, peers_info or {}, shift_conv)
+    return rows
+
+
+def _aligned(table, peers, name: str) -> np.ndarray:
+    """The peer's energies (nats) in the order of ``table``'s images (by image_index)."""
+    if "image_index" not in table.columns:
+        raise DsmError("per-image table: column 'image_index' missing (needed to pair with the peers)")
+    sub = peers[peers["model"] == name].set_index("image_index")["energy_nats"]
+    if not sub.index.is_unique:
+        raise DsmError(f"peers table: the {name} peer has duplicate image_index values")
+    missing = np.setdiff1d(table["image_index"].to_numpy(), sub.index.to_numpy())
+    if missing.size or len(sub) != len(table):
+        raise DsmError(f"peers table: the {name} peer scored other test images than the model "
+                       f"({len(sub)} rows for {len(table)} images; e.g. image {missing[:1].tolist()} missing)")
+    out = sub.loc[table["image_index"].to_numpy()].to_numpy(np.float64)
+    if not np.isfinite(out).all():
+        raise DsmError(f"peers table: non-finite energy_nats of the {name} peer")
+    return out
+
+
+def peer_rows(table, peers, info: dict, shift_conv: str) -> list[dict]:
+    """The peers' rows: NLL, model - peer (paired) and, on exact sources, peer - exact."""
+    d, n = int(table["d"].iloc[0]), len(table)
+    if "d" in peers.columns and set(peers["d"].unique()) != {d}:
+        raise DsmError(f"peers table: dimension {sorted(peers['d'].unique())} differs from the model's d = {d}")
+    e = table["energy_nats"].to_numpy(np.float64)
+    ex = table["exact_energy_nats"] if "exact_energy_nats" in table.columns else None
+    exact = ex is not None and ex.notna().all()
+    rows = []
+    for name in [p for p in PEER_NAMES if p in set(peers["model"])]:
+        pe = _aligned(table, peers, name)
+        meta = info.get(name) or {}
+        what = PEER_NAMES[name]
+        if name == "gmm" and "n_components" in meta:
+            what += f" ({meta['n_components']} components, full covariance)"
+        fit = (f"fit on {info['n_fit']} training images" if "n_fit" in info else "fit on training images")
+        m, se = mean_se(pe / d)
+        rows.append(_row(name, f"{what} NLL, test set", shift_conv, m, se, n,
+                         note=f"exact log p; {fit}", costs=meta))
+        m, se = mean_se((e - pe) / d)
+        rows.append(_row(f"model_minus_{name}", f"model - {PEER_NAMES[name]}, per image",
+                         "difference of -log p / (d ln 2), no shift; negative: the model is better",
+                         m, se, n, shift=0.0, note="paired over the same test images"))
+        if exact:
+            m, se = mean_se((pe - ex.to_numpy(np.float64)) / d)
+            rows.append(_row(f"{name}_excess", f"{PEER_NAMES[name]} excess: peer - exact, per image",
+                             "difference of -log p / (d ln 2), no shift; expectation KL(p || p_peer) / (d ln 2)",
+                             m, se, n, shift=0.0, note="paired over the same test images"))
     return rows

@@ -2,13 +2,15 @@
 
 Data params (the ``data`` section of a scale; defaults in brackets):
 
-* ``source``     [field] one of field, gsm, fashion-mnist, imagenet64, cifar10, folder.
+* ``source``     [field] one of field, gsm, fashion-mnist, imagenet64, cifar10, folder,
+                 patches.
 * ``root``       [null] directory of the raw files (real sources). null means the
                  source's default: fashion-mnist ``/usr/share/datasets/fashion-mnist``
-                 (Debian package ``dataset-fashion-mnist``); the others require it.
+                 (Debian package ``dataset-fashion-mnist``), patches the photographs
+                 bundled with scikit-image; the others require it.
 * ``image_size`` [null] output height = width in pixels. null: the source's native
                  size (field 16, fashion-mnist 28, imagenet64 64, cifar10 32, folder:
-                 all images must then share one size). Real images are resized
+                 all images must then share one size; patches: the patch size, 8). Real images are resized
                  (Lanczos) when it differs; folder images are resized on the shorter
                  side and center-cropped. Ignored by gsm.
 * ``channels``   [null] 1 = grayscale (ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B,
@@ -16,10 +18,15 @@ Data params (the ``data`` section of a scale; defaults in brackets):
                  field, gsm and fashion-mnist are grayscale only.
 * ``n_train``, ``n_test`` [null] caps on the number of images (the first ones in
                  source order); null = all. Required for the synthetic sources.
+* ``n_holdout``  [1000] images of the ``holdout`` part: the training distribution, never
+                 trained on nor scored (the normalization set). Synthetic sources draw
+                 them from a seed stream of their own (disjoint from train's and test's);
+                 real sources take the last ``n_holdout`` images of their training split,
+                 which ``train`` then excludes (``meta.json`` ``holdout`` says which).
 * one subsection per source, read only when that source is active:
   ``field`` (see :mod:`dsm.data.field`), ``gsm`` (d, sigmas, weights, seed),
-  ``folder`` (test_fraction); ``fashion-mnist``, ``imagenet64``, ``cifar10`` take no
-  options (an empty mapping or null).
+  ``folder`` (test_fraction), ``patches`` (see :mod:`dsm.data.patches`);
+  ``fashion-mnist``, ``imagenet64``, ``cifar10`` take no options (an empty mapping or null).
 
 Pixels are scaled to [0, 1] on read (8-bit sources are stored as uint8). Horizontal
 flips are a training-time augmentation and are not baked in.
@@ -33,10 +40,10 @@ from pathlib import Path
 from dsm.data.convert import LUMA  # noqa: F401  (re-exported: the grayscale weights)
 from dsm.errors import DsmError
 
-SOURCES = ("field", "gsm", "fashion-mnist", "imagenet64", "cifar10", "folder")
-COMMON = ("source", "root", "image_size", "channels", "n_train", "n_test")
+SOURCES = ("field", "gsm", "fashion-mnist", "imagenet64", "cifar10", "folder", "patches")
+COMMON = ("source", "root", "image_size", "channels", "n_train", "n_test", "n_holdout")
 # sources with options of their own (a `$defs` entry of the schema each)
-OPTIONS = ("field", "gsm", "folder")
+OPTIONS = ("field", "gsm", "folder", "patches")
 
 
 def resolve(data_cfg: dict | None) -> dict:
@@ -52,6 +59,10 @@ def resolve(data_cfg: dict | None) -> dict:
         from dsm.data.field import DEFAULT_IMAGE_SIZE
 
         out["image_size"] = DEFAULT_IMAGE_SIZE      # resolved, so null and 16 hash alike
+    if src == "patches" and out["image_size"] is None:
+        from dsm.data.patches import DEFAULT_SIZE
+
+        out["image_size"] = DEFAULT_SIZE
     return out
 
 
@@ -75,13 +86,15 @@ def plan_source(cfg: dict):
         from dsm.data import imagenet64 as mod
     elif src == "cifar10":
         from dsm.data import cifar10 as mod
+    elif src == "patches":
+        from dsm.data import patches as mod
     else:
         from dsm.data import folder as mod
     return mod.plan(cfg)
 
 
 def prepare(data_cfg: dict, out, progress: bool = True) -> Path:
-    """Prepare ``data_cfg``'s source into the store ``out`` (DIR/train, DIR/test).
+    """Prepare ``data_cfg``'s source into the store ``out`` (DIR/train, DIR/test, DIR/holdout).
 
     A finished store with the same params hash is not rebuilt (a line says so on
     stderr). An existing ``out`` that is not a store (nor an empty directory) is refused
@@ -127,13 +140,13 @@ def _plan_gsm(cfg: dict):
                                tuple(float(w) for w in g["weights"]))
     sig, w = np.asarray(mix.sigmas, np.float64), np.asarray(mix.weights, np.float64)
     block = max(1, (1 << 22) // mix.d)                  # about 16 MB of float32 per block
-    counts = {"train": cfg.get("n_train"), "test": cfg.get("n_test")}
+    counts = {"train": cfg.get("n_train"), "test": cfg.get("n_test"), "holdout": cfg.get("n_holdout")}
     for part, n in counts.items():
         if n is None:
             raise DsmError(f"data.n_{part}: required for source gsm (a synthetic source has no 'all')")
 
     def chunks(part, n):
-        code = {"train": 0, "test": 1}[part]
+        code = {"train": 0, "test": 1, "holdout": 2}[part]     # one seed stream per part
         for b in range(0, -(-n // block)):
             count = min(block, n - b * block)
             rng = np.random.default_rng(np.random.SeedSequence([int(g["seed"]), code, b]))

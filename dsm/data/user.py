@@ -26,6 +26,11 @@ applies to 8-bit sources (``dsm.data.folder``, ``dsm.data.convert``):
 Anything else (a corrupt or truncated file, another size, another bit depth or dtype,
 an empty folder) is a :class:`DsmError` naming the file, raised by :func:`scan` (headers
 only, before any work) or, for what only decoding reveals, by :func:`batches`.
+
+Patch mode (``dsm logp --patches STRIDE``, a model of small patches such as the
+``natural`` scale's): each photograph of any size is cut into the model's s x s patches
+on a grid of ``STRIDE`` pixels, made as the ``patches`` source makes its pixels
+(:func:`image_patches`).
 """
 
 from __future__ import annotations
@@ -258,3 +263,58 @@ def batches(items: list[Item], shape, batch_size: int, resize: bool = False,
                     "index": list(range(a, b))}, x)
     if pending:
         yield flush()
+
+
+# --- patch mode: score a photograph with a model of small patches -----------------------
+
+def patch_files(inputs) -> list[Path]:
+    """The image files of ``inputs`` (files, and folders recursively, sorted); patch mode
+    takes photographs only (arrays: score their patches as arrays instead)."""
+    files: list[Path] = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+                           key=lambda p: p.relative_to(path).as_posix())
+            if not found:
+                raise DsmError(f"{path}: no PNG/JPEG images (.png, .jpg, .jpeg) in this folder")
+            files += found
+        elif not path.exists():
+            raise DsmError(f"{path}: not found")
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            files.append(path)
+        else:
+            raise DsmError(f"{path}: --patches takes PNG/JPEG images or folders of them, not "
+                           f"{path.suffix or 'this file'} (score an array's patches without --patches)")
+    if not files:
+        raise DsmError("no input images")
+    return files
+
+
+def image_patches(path: Path, shape, stride: int, seed: int = 0):
+    """(patches float32 (n, C, s, s), ys, xs) of the image file ``path``: every s x s patch
+    (s the model's size) with its top-left corner on the grid 0, stride, 2 stride, ...,
+    pixels made as the ``patches`` source makes them: 8-bit values k (ITU-R 601 luma for a
+    one-channel model, else RGB), dequantized (k + u) / 256 with u ~ U[0, 1) per pixel
+    seeded by (``seed``, the file's name) (:func:`dsm.data.patches.dequantize`)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from dsm.data.patches import dequantize, read_luma
+
+    c, s, w = shape
+    if s != w:
+        raise DsmError(f"--patches: the model's images are {s}x{w}; patch mode needs square ones")
+    if c == 1:
+        k = read_luma(path)[None]
+    else:
+        from dsm.data.folder import load_image
+
+        k = load_image(path, None)
+    if min(k.shape[1:]) < s:
+        raise DsmError(f"{path}: {k.shape[2]}x{k.shape[1]} pixels is smaller than one {s}x{s} patch of the model")
+    x = np.stack([dequantize(k[i], seed, path.name if c == 1 else f"{path.name}#{i}") for i in range(c)])
+    ys, xs = np.arange(0, k.shape[1] - s + 1, stride), np.arange(0, k.shape[2] - s + 1, stride)
+    win = sliding_window_view(x, (s, s), axis=(1, 2))[:, ys][:, :, xs]         # (C, ny, nx, s, s)
+    patches = np.ascontiguousarray(win.transpose(1, 2, 0, 3, 4).reshape(-1, c, s, s))
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    return patches, yy.ravel(), xx.ravel()

@@ -99,8 +99,10 @@ def plot_fig4(affine, sparsity, details: dict, path, title: str = "") -> None:
         axr.legend(fontsize=6, markerscale=3, loc="upper right")
     m = s.get("model") or {}
     fmt = lambda v: "–" if v is None else f"{v:.3f}"
-    axr.set_title(f"r = {fmt(m.get('pearson_r'))}, ρ = {fmt(m.get('spearman_rho'))} (n = {m.get('n', 0)})",
-                  fontsize=8)
+    ci = m.get("pearson_ci95")
+    ci_text = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+    axr.set_title(f"r = {fmt(m.get('pearson_r'))}{ci_text}, ρ = {fmt(m.get('spearman_rho'))} "
+                  f"(n = {m.get('n', 0)})", fontsize=8)
     axr.set_xlabel(f"participation ratio ({s.get('wavelet', '')}, {s.get('levels', '')} levels)")
     axr.set_ylabel("log p (dB/dim)")
     from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter

@@ -21,7 +21,7 @@ from snakemake.utils import validate
 import dsm.config
 import dsm.errors
 from dsm.pipeline import render
-from dsm.pipeline.stages import STAGES, TARGETS
+from dsm.pipeline.stages import STAGES, targets
 
 ROOT = str(Path(workflow.basedir))
 # The report offers the per-image tables as downloads of their own type (not text/plain).
@@ -53,7 +53,8 @@ if "scale" in config:
 else:
     RUN = config["run"]
 SCALE = RUN["name"]
-ALL_TARGETS = [t.replace("{scale}", SCALE) for t in TARGETS]
+# the paper's figures and tables; the bias budget only for a source with an exact density
+ALL_TARGETS = [t.replace("{scale}", SCALE) for t in targets(RUN["data"]["source"])]
 
 # The software of the jobs under `--software-deployment-method conda` (clusters): their
 # dependencies, and a `dsm` command that runs this checkout (envs/dsm.post-deploy.sh).
