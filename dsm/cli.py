@@ -640,7 +640,45 @@ def _run_logp(args):
          allow_unclipped=args.allow_unclipped, device=args.device, threads=args.threads)
 
 
-BUILDERS += [_add_estimators, _add_fig_estimators, _add_logp]
+def _add_summary(sub):
+    p = sub.add_parser("summary", help="the README's results tables, rendered from a run's outputs",
+                       description="Render the results tables (results/<scale>/..., benchmarks/<scale>/..., "
+                                   "the models' provenance) as Markdown, each with the scale, seeds, "
+                                   "commit and machine under it. With --update, replace the content "
+                                   "between <!-- summary:NAME --> and <!-- /summary:NAME --> in each FILE "
+                                   "with table NAME (atomic writes; all files rendered first).")
+    p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    p.add_argument("--scale", default=None, help="the run's scale (default: the active one, `run`)")
+    p.add_argument("--root", default=".", help="repository root holding results/ (default: .)")
+    p.add_argument("--table", action="append", default=None, metavar="NAME",
+                   help="print only this table (repeatable); names: see docs/results.md")
+    p.add_argument("--update", nargs="+", default=None, metavar="FILE",
+                   help="Markdown files whose marked blocks to replace, e.g. README.md docs/results.md")
+    p.set_defaults(func=_run_summary)
+
+
+def _run_summary(args):
+    from pathlib import Path
+
+    from dsm import summary
+
+    from dsm.config import load_scale
+
+    scale = load_scale(Path(args.root, args.params), args.scale)["name"]   # known scale, or `run`
+    if args.update:
+        if args.table:
+            raise DsmError("--table and --update do not go together: --update renders the "
+                           "tables its files' markers name")
+        changed = summary.update_files(args.update, args.root, scale)
+        print(f"dsm summary: {len(changed)} of {len(args.update)} file(s) changed", file=sys.stderr)
+    else:
+        for name in args.table or []:
+            if name not in summary.TABLES:
+                raise DsmError(f"--table: unknown table {name!r} (known: {', '.join(summary.TABLES)})")
+        sys.stdout.write(summary.render_all(args.root, scale, args.table))
+
+
+BUILDERS += [_add_estimators, _add_fig_estimators, _add_logp, _add_summary]
 
 
 def build_parser() -> argparse.ArgumentParser:
