@@ -1,4 +1,5 @@
-# Two entry points (see README): `make figures` and `make test`.
+# Entry points (see README): `make figures`, `make test` (the quick tier) and `make test-all`
+# (everything; what CI runs).
 # Both create ./.venv on first use with `pip install -e '.[pipeline,test]'`. On Linux a
 # plain pip resolves torch to PyPI's CUDA build (several GB); on a machine without an
 # NVIDIA GPU install the CPU build into the venv first:
@@ -8,7 +9,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 CORES   ?= 2
 
-.PHONY: venv figures report test bench clean-venv
+.PHONY: venv figures report test test-all bench clean-venv
 
 $(BIN)/dsm: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,8 +31,17 @@ figures: venv
 report: figures
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --report report.html
 
+# The quick tier: unit, property and closed-form tests and one shared smoke-scale
+# `snakemake all` (tests/conftest.py); no system-wide side effect. Tests marked `tier2`
+# (pyproject.toml) are left to `make test-all`.
 test: venv
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -ra --durations=15 tests
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -ra --durations=25 -m "not tier2" tests
+
+# Everything: adds DVC as the second tool, the kill sweep and (as root with apt-get) the
+# real SLURM cluster, which installs Debian packages and starts daemons (DSM_SLURM_TESTS=0
+# skips it).
+test-all: venv
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -ra --durations=25 tests
 
 bench: venv
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/step_time.py

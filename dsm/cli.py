@@ -2,7 +2,7 @@
 
 The pipeline's subcommands (one per stage of dsm/pipeline/stages.py) are derived from the
 stage table by :mod:`dsm.cli_pipeline`; the commands outside the pipeline (``dsm sync``,
-``dsm cost``, ``dsm logp``) are written here. Every handler imports its module lazily (so ``dsm --help``
+``dsm cost``, ``dsm logp``, ``dsm summary``) are written here. Every handler imports its module lazily (so ``dsm --help``
 is fast) and calls one library function. A :class:`dsm.errors.DsmError` becomes a
 one-line ``dsm <cmd>: error: ...`` on stderr and exit status 2.
 """
@@ -150,6 +150,43 @@ class _Version(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         print(version_text())
         parser.exit()
+def _add_summary(sub):
+    p = sub.add_parser("summary", help="the README's results tables, rendered from a run's outputs",
+                       description="Render the results tables (results/<scale>/..., benchmarks/<scale>/..., "
+                                   "the models' provenance) as Markdown, each with the scale, seeds, "
+                                   "commit and machine under it. With --update, replace the content "
+                                   "between <!-- summary:NAME --> and <!-- /summary:NAME --> in each FILE "
+                                   "with table NAME (atomic writes; all files rendered first).")
+    p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    p.add_argument("--scale", default=None, help="the run's scale (default: the active one, `run`)")
+    p.add_argument("--root", default=".", help="repository root holding results/ (default: .)")
+    p.add_argument("--table", action="append", default=None, metavar="NAME",
+                   help="print only this table (repeatable); names: see docs/results.md")
+    p.add_argument("--update", nargs="+", default=None, metavar="FILE",
+                   help="Markdown files whose marked blocks to replace, e.g. README.md docs/results.md")
+    p.set_defaults(func=_run_summary)
+
+
+def _run_summary(args):
+    from pathlib import Path
+
+    from dsm import summary
+
+    from dsm.config import load_scale
+
+    scale = load_scale(Path(args.root, args.params), args.scale)["name"]   # known scale, or `run`
+    if args.update:
+        if args.table:
+            raise DsmError("--table and --update do not go together: --update renders the "
+                           "tables its files' markers name")
+        changed = summary.update_files(args.update, args.root, scale)
+        print(f"dsm summary: {len(changed)} of {len(args.update)} file(s) changed", file=sys.stderr)
+    else:
+        for name in args.table or []:
+            if name not in summary.TABLES:
+                raise DsmError(f"--table: unknown table {name!r} (known: {', '.join(summary.TABLES)})")
+        sys.stdout.write(summary.render_all(args.root, scale, args.table))
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version (and the git commit of a checkout) and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_stage_commands(sub)
-    for add in (_add_sync, _add_cost, _add_logp):
+    for add in (_add_sync, _add_cost, _add_logp, _add_summary):
         add(sub)
     return parser
 

@@ -2,10 +2,11 @@
 
 ``smoke_all``: one `snakemake all` at the smoke scale in a git copy of the working tree,
 shared by every end-to-end module (the pipeline, the distribution of log p, the
-estimators), so CI trains and evaluates the smoke models once. Tests that use it must not
-change it, except the Snakemake <-> DVC round trip of test_pipeline_e2e (which runs last
-of them: modules run in file order), and a test that edits a file to ask for a dry run
-must restore its content and its modification time.
+estimators, `dsm summary`), so each tier trains and evaluates the smoke models once. Tests
+that use it must not change it, except the Snakemake <-> DVC round trip of test_pipeline_e2e
+(second tier), which adopts it into DVC (dvc.lock, a local remote, a git commit) without
+changing any output, and a test that edits a file to ask for a dry run must restore its
+content and its modification time.
 """
 
 from __future__ import annotations

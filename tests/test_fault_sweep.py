@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
+@pytest.mark.tier2
 def test_every_stage_survives_kill_9(tmp_path):
     kills = int(os.environ.get("DSM_SWEEP_KILLS", "1"))
     seed = int(os.environ.get("DSM_SWEEP_SEED", "0"))

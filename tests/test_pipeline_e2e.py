@@ -202,6 +202,7 @@ def adopted(snakemake_run):
     return snakemake_run, before
 
 
+@pytest.mark.tier2
 def test_sync_dvc_leaves_both_tools_up_to_date(adopted):
     """After `dsm sync dvc`: dvc status clean AND Snakemake plans nothing, and no output's
     content changed."""
@@ -216,6 +217,7 @@ def test_sync_dvc_leaves_both_tools_up_to_date(adopted):
     assert "train@0-1-A" in lock and "run.train" in lock  # matrix: seed, N, split
 
 
+@pytest.mark.tier2
 def test_dvc_metrics_are_headline_numbers_named_with_units(adopted):
     """`dvc metrics show`: the files the stage table declares (a directory stands for its
     files), one quantity each, named with its unit, in one small vocabulary (value, se,
@@ -252,6 +254,7 @@ def test_dvc_metrics_are_headline_numbers_named_with_units(adopted):
     assert f"results/{SCALE}/fig1/metrics/dual_max_abs_err_db_per_dim.json" in table
 
 
+@pytest.mark.tier2
 def test_dvc_plots_have_titles_labels_and_log_axes(adopted):
     repo, _ = adopted
     shown = json.loads(dvc(["plots", "show", "--json"], repo).stdout)["data"]
@@ -267,6 +270,7 @@ def test_dvc_plots_have_titles_labels_and_log_axes(adopted):
         assert ns == sorted(load_params(repo)["scales"][SCALE]["split"]["N"])
 
 
+@pytest.mark.tier2
 def test_round_trip_push_clone_pull_resync(adopted, tmp_path):
     adopted, _ = adopted
     remote = tmp_path / "remote"
@@ -299,6 +303,7 @@ def test_round_trip_push_clone_pull_resync(adopted, tmp_path):
     assert jobs["train"] == n_models and "prepare" not in jobs and "split" not in jobs
 
 
+@pytest.mark.tier2
 def test_dvc_repro_end_to_end(tmp_path, snakemake_run):
     """`dvc repro` alone runs the whole pipeline; same outputs as Snakemake; then a no-op;
     then `dsm sync snakemake` makes Snakemake agree in the same working copy."""

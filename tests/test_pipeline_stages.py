@@ -7,7 +7,9 @@ Snakemake's record by `snakemake --touch`, DVC's by `dvc commit`. Appending a co
 a module then makes `snakemake -n` plan the stages whose import closure holds it (and
 their dependents) and `dvc status` report those stages; a module outside every closure
 plans nothing. The last test shows by construction that the check can fail: with the
-module left out of one stage's computed list, neither tool reports that stage.
+module left out of one stage's computed list, neither tool reports that stage. They are
+of the second tier (`make test-all`: marker ``tier2``); the closures themselves are
+checked here in the first.
 """
 
 from __future__ import annotations
@@ -181,6 +183,7 @@ def _stale(repo) -> tuple[set[str], set[str]]:
     return smk, {name.split("@")[0] for name in status}
 
 
+@pytest.mark.tier2
 @pytest.mark.parametrize("module", ["dsm/units.py", "dsm/objectives.py",
                                     "dsm/analysis/generalization.py", "dsm/data/splits.py"])
 def test_touching_a_module_reruns_its_stages_and_their_dependents(finished, module):
@@ -192,11 +195,12 @@ def test_touching_a_module_reruns_its_stages_and_their_dependents(finished, modu
     assert dvc_stale == direct, module
 
 
-def test_units_reaches_evaluation_figures_and_fig1(finished):
+def test_units_reaches_evaluation_figures_and_fig1():
     assert {"normalize", "evaluate", "fig1"} <= _expected("dsm/units.py")
     assert {"fig1"} <= _expected("dsm/objectives.py") and "evaluate" not in _expected("dsm/objectives.py")
 
 
+@pytest.mark.tier2
 @pytest.mark.parametrize("module", ["dsm/cli.py", "dsm/figures/fig2.py"])
 def test_touching_a_module_outside_a_closure_reruns_nothing_else(finished, module):
     direct = _expected(module)
@@ -206,6 +210,7 @@ def test_touching_a_module_outside_a_closure_reruns_nothing_else(finished, modul
     assert "evaluate" not in smk and "train" not in smk
 
 
+@pytest.mark.tier2
 def test_the_check_fails_when_a_dependency_is_left_out(finished, tmp_path):
     """By construction: the same repo with dsm/objectives.py left out of the fig1 stage's
     computed list (a truncated closure, for Snakemake and for DVC). Touching

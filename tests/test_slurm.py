@@ -240,6 +240,7 @@ def _snakemake_cmd(profile: Path, targets: list[str], limit: int) -> list[str]:
 
 @pytest.mark.slurm
 @pytest.mark.slow
+@pytest.mark.tier2
 def test_smoke_pipeline_runs_through_slurm(slurm_repo):
     repo, profile = slurm_repo
     t0 = time.monotonic()
@@ -292,6 +293,7 @@ def _tensors(obj, prefix=""):
 
 @pytest.mark.slurm
 @pytest.mark.slow
+@pytest.mark.tier2
 def test_training_job_resumes_after_sigterm(slurm_repo):
     """scancel --signal=TERM a running training job: the retry resumes, same final model."""
     import torch
