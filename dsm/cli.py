@@ -14,7 +14,6 @@ import sys
 
 from dsm.errors import DsmError
 
-
 def _add_sync(sub):
     p = sub.add_parser("sync", help="make Snakemake and DVC agree on what is up to date",
                        description="`dsm sync dvc`: after a Snakemake run, record its outputs in dvc.lock "
@@ -26,7 +25,6 @@ def _add_sync(sub):
                    help="the tool to bring up to date; dvc-yaml: regenerate dvc.yaml from the stage table")
     p.add_argument("--root", default=".", help="repository root (default: .)")
     p.set_defaults(func=_run_sync)
-
 
 def _run_sync(args):
     from dsm.pipeline import sync
@@ -41,7 +39,6 @@ def _run_sync(args):
         sync.sync_dvc(args.root)
     else:
         sync.sync_snakemake(args.root)
-
 
 def _add_cost(sub):
     p = sub.add_parser("cost", help="wall and CPU time per stage of a scale's run",
@@ -59,7 +56,6 @@ def _add_cost(sub):
     p.add_argument("--cores", type=int, default=None, help="cores the run was given (snakemake --cores)")
     p.set_defaults(func=_run_cost)
 
-
 def _run_cost(args):
     from pathlib import Path
 
@@ -75,7 +71,6 @@ def _run_cost(args):
             raise DsmError(f"{path}: no active scale (run.name): give --scale")
         scale = run["name"]
     print(cost_table(read_jobs(args.root, scale), scale, top=args.top, since=args.since, cores=args.cores))
-
 
 def _add_logp(sub):
     p = sub.add_parser("logp", help="log p of your own images (PNG/JPEG files, folders, .npy/.npz)",
@@ -114,7 +109,6 @@ def _add_logp(sub):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: as set)")
     p.set_defaults(func=_run_logp)
 
-
 def _run_logp(args):
     from dsm.logp import logp
 
@@ -123,9 +117,6 @@ def _run_logp(args):
          seed=args.seed, batch_size=args.batch_size, resize=args.resize,
          allow_unclipped=args.allow_unclipped, device=args.device, threads=args.threads,
          patches=args.patches)
-
-
-
 
 def version_text() -> str:
     """``dsm <version>``, with the git commit (``-dirty`` if modified) when the package runs
@@ -139,7 +130,6 @@ def version_text() -> str:
     from dsm.io import code_version
 
     return code_version()
-
 
 class _Version(argparse.Action):
     """``--version``: the text is computed when asked for (it runs git), not at every call."""
@@ -166,7 +156,6 @@ def _add_summary(sub):
                    help="Markdown files whose marked blocks to replace, e.g. README.md docs/results.md")
     p.set_defaults(func=_run_summary)
 
-
 def _run_summary(args):
     from pathlib import Path
 
@@ -187,8 +176,6 @@ def _run_summary(args):
                 raise DsmError(f"--table: unknown table {name!r} (known: {', '.join(summary.TABLES)})")
         sys.stdout.write(summary.render_all(args.root, scale, args.table))
 
-
-
 def build_parser() -> argparse.ArgumentParser:
     from dsm.cli_pipeline import add_stage_commands
 
@@ -201,7 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_sync, _add_cost, _add_logp, _add_summary):
         add(sub)
     return parser
-
 
 class _LineTracker:
     """stderr, remembering whether its last line is finished: progress bars leave a line
@@ -218,7 +204,6 @@ class _LineTracker:
 
     def __getattr__(self, name):
         return getattr(self.stream, name)
-
 
 def _error_message(e: BaseException) -> str | None:
     """The one line for an exception that is bad input or the environment, not a bug:
@@ -243,7 +228,6 @@ def _error_message(e: BaseException) -> str | None:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return f"cannot read input ({type(e).__name__}: {first})"
     return None
-
 
 def main(argv=None) -> int:
     parser = build_parser()
@@ -287,7 +271,6 @@ def main(argv=None) -> int:
 
         outputs.reset()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
