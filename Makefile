@@ -1,6 +1,8 @@
 # Two entry points (see README): `make figures` and `make test`.
-# Both create ./.venv on first use; the CPU build of PyTorch is taken because
-# pyproject.toml caps torch below 2.14 (an unconstrained torch pulls a CUDA build).
+# Both create ./.venv on first use with `pip install -e '.[pipeline,test]'`. On Linux a
+# plain pip resolves torch to PyPI's CUDA build (several GB); on a machine without an
+# NVIDIA GPU install the CPU build into the venv first:
+#   python3 -m venv .venv && .venv/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin

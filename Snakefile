@@ -4,7 +4,7 @@
 # (`dsm sync dvc-yaml`), so both tools run the same `dsm` commands.
 #
 #   snakemake --cores 8 figures/fig2.pdf          # Figure 2 of the active scale
-#   snakemake --config scale=paper -n all        # plan another scale
+#   snakemake -n all --config scale=paper        # plan another scale (targets before --config)
 #   snakemake --report report.html               # after a run: the browsable report
 
 

@@ -55,7 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--t-min", type=float, default=1e-9)
     p.add_argument("--t-max", type=float, default=1e3)
     p.add_argument("--no-flush-denormal", dest="flush_denormal", action="store_false",
-                   help="keep subnormal floats (slow on CPUs, METHOD.md §4)")
+                   help="keep subnormal floats (slow on CPUs, docs/defaults.md#subnormal-floats)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 

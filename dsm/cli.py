@@ -106,7 +106,10 @@ def _run_train(args):
 
 def _add_normalize(sub):
     p = sub.add_parser("normalize", help="normalization constant of a trained energy model",
-                       description="c = (d/2) ln(2πe t_max) - mean U(x + sqrt(t_max) z, t_max) over held-out images.")
+                       description="c = H - mean U(x + sqrt(T) z, T) over the first evaluate.n_norm held-out (test) "
+                                   "images, one noise draw each, at T = evaluate.norm_t (null: the model's "
+                                   "training t_max), H the entropy of the Gaussian evaluate.norm_entropy "
+                                   "(isotropic, data_variance or data_covariance); docs/method.md.")
     _add_params_options(p)
     p.add_argument("--model", required=True, help="trained model file (model.pt)")
     p.add_argument("--data", required=True, help="prepared store directory (its test part is used)")
@@ -183,7 +186,7 @@ def _add_compare(sub):
                        description="Per N: Pearson r, RMS and mean of log p_A - log p_B (dB/dim) on the "
                                    "models' own training images, and errors against the exact log p.")
     _add_params_options(p)
-    p.add_argument("--logp", required=True, help="directory of the per-image tables N{N}-{A,B}.parquet")
+    p.add_argument("--logp", required=True, help="directory of the per-image tables seed{seed}/N{N}-{A,B}.parquet")
     p.add_argument("--metrics", required=True,
                    help="output directory of the headline numbers, one N<n>.json per N (DVC metrics)")
     p.add_argument("--details", required=True,
@@ -306,7 +309,7 @@ BUILDERS += [_add_compare, _add_fig2, _add_examples, _add_bias, _add_fig_bias, _
 def _add_gumbel(sub):
     p = sub.add_parser("gumbel", help="maximum-likelihood Gumbel fit of per-image log p (and its rivals)",
                        description="Fit scipy.stats.gumbel_r to one column of a per-image table by maximum "
-                                   "likelihood; 95 %% bootstrap intervals (gumbel.bootstrap resamples, "
+                                   "likelihood; 95 % bootstrap intervals (gumbel.bootstrap resamples, "
                                    "gumbel.seed); the same fit of gumbel_l, norm and skewnorm with AIC and "
                                    "the Kolmogorov-Smirnov statistic; the sample mean (entropy estimate), "
                                    "range and 8-bit bits/dim. Without a params file the schema's defaults "

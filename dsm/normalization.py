@@ -1,4 +1,4 @@
-"""The normalization constant of a learned energy (METHOD.md §5): one estimator for all.
+"""The normalization constant of a learned energy (docs/method.md#normalization-constant): one estimator for all.
 
 The objective fixes U only up to a constant, and the time score makes that constant the
 same at every t. At a large noise variance t_max the noisy density is nearly Gaussian,
@@ -8,14 +8,14 @@ so with H the entropy of that Gaussian
 
 and U + c = -log p at every t. Two choices of the Gaussian (``entropy=``):
 
-* ``"isotropic"``: N(mean, t_max I), H = (d/2) ln(2πe t_max) — METHOD §5 as written;
+* ``"isotropic"``: N(mean, t_max I), H = (d/2) ln(2πe t_max) — paper eq. 9;
 * ``"data_variance"``: N(mean, (v̄ + t_max) I), H = (d/2) ln(2πe (v̄ + t_max)), v̄ the
   held-out images' variance per value (mean over dimensions of the per-dimension
   variance, ddof 1). It removes the isotropic form's bias of about (d/2) v̄/t_max nats.
 * ``"data_covariance"``: N(mean, Σ̂ + t_max I), Σ̂ the held-out images' sample covariance
   (d ≤ MAX_COVARIANCE_DIM): exact for Gaussian data at every t_max, so the constant can
   be taken well below the training t_max (``evaluate.norm_t``), where a model's time
-  score is better than in the top decades of its range (docs/recipe-notes.md).
+  score is better than in the top decades of its range (docs/defaults.md#normalization-level-and-entropy).
 
 ``t_max`` below is the noise level of the constant: the training t_max by default, or
 any level the model was trained at.
@@ -47,7 +47,7 @@ def gaussian_entropy(d: int, variance: float) -> float:
 
 def assumed_entropy(d: int, t_max: float, form: str = "isotropic", v_bar: float = 0.0,
                     cov_eigvals=None) -> float:
-    """Entropy (nats) assumed for p(y | t_max): N(mean, t_max I) ('isotropic', METHOD §5),
+    """Entropy (nats) assumed for p(y | t_max): N(mean, t_max I) ('isotropic', paper eq. 9),
     N(mean, (v̄ + t_max) I) ('data_variance', v̄ the mean pixel variance of the data), or
     N(mean, Σ + t_max I) ('data_covariance', Σ the data covariance, given by its
     eigenvalues ``cov_eigvals``; see :func:`covariance_eigenvalues`)."""

@@ -3,7 +3,7 @@
 Every stage of the stage table at the smoke scale is killed once at a random moment
 (fixed seed) and rerun; the reruns' outputs must be identical to an uninterrupted run,
 no temporary may survive, and the previous outputs must be intact after each kill. The
-README's counts come from the larger run (`python scripts/fault_sweep.py --kills 10`).
+docs/development.md's counts come from the larger run (`python scripts/fault_sweep.py --kills 10`).
 The sweep runs in its own process: it forks its jobs, which must not inherit this
 process's thread pools.
 """

@@ -74,8 +74,8 @@ def test_snakemake_end_to_end(snakemake_run):
 
 
 def test_snakemake_builds_table1_and_figures_4_5_1(snakemake_run):
-    """Across noise levels (README): Table 1, Figures 4 and 5 and Figure 1's third panel
-    come out of `snakemake all` with the numbers the README quotes."""
+    """Across noise levels (docs/results.md): Table 1, Figures 4 and 5 and Figure 1's third panel
+    come out of `snakemake all` with the numbers docs/results.md quotes."""
     repo, res = snakemake_run, snakemake_run / f"results/{SCALE}"
     cfg = load_params(repo)["scales"][SCALE]["figures"]
     for name in ("fig1", "fig4", "fig5"):

@@ -1,4 +1,4 @@
-"""Item 1: the contrast prior of the `field` source and the histogram of exact log p.
+"""The contrast prior of the `field` source and the histogram of exact log p.
 
 For a contrast grid s_j with u_j = -10 log10 s_j (dB/dim: log p per dim moves by -ln s
 nats when the contrast is s) equally spaced by `du` and weights w_j ∝ gumbel_r.pdf(u_j;

@@ -1,4 +1,4 @@
-"""Item 2: bias of the Gaussian entropy used for the normalization constant at t_max.
+"""Bias of the Gaussian entropy used for the normalization constant at t_max.
 
 c = H_approx(t_max) - mean U(y, t_max), so an entropy error ΔH = H_approx - H_exact (nats)
 shifts every log p by -ΔH/d nats/dim (= +10 ΔH/(d ln 10) ... in dB/dim of log p: -10 (ΔH/d)/ln 10).

@@ -1,5 +1,5 @@
 """Networks: the homogeneous UNet, its normalization and noise embedding, and the
-energy / score-only wrappers (METHOD.md §3, docs/DESIGN.md "Models")."""
+energy / score-only wrappers (docs/method.md#the-model, docs/DESIGN.md "Models")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Noise-level embedding: Fourier features of t (or of log t) followed by a small MLP.
 
-METHOD.md §3: 32 frequencies, cos and sin (64 features) -> MLP 64 -> 256 -> 256 with
+docs/method.md#noise-embedding: 32 frequencies, cos and sin (64 features) -> MLP 64 -> 256 -> 256 with
 SiLU. Each normalization layer then maps the 256-d embedding to its own per-channel
 gains (see norm.py); the embedding itself never touches the image path additively,
 so the network stays bias-free in y.
@@ -22,12 +22,13 @@ LOG_EMBEDDINGS = ("log", "log-release")
 TWO_PI_EMBEDDINGS = ("linear", "log")
 
 # log t is evaluated as log(t + floor) so that t = 0 (the one-shot log p(x) evaluation)
-# stays finite; unlike a clamp it keeps d/dt nonzero. The floor should be the training
-# t_min (model.log_t_floor: null, resolved by dsm.train): then t = 0 maps to ln t_min, the
-# edge of the trained range, and every t < t_min looks like t_min to the network. A floor
-# far below t_min (the old fixed 1e-12) puts t = 0 outside the trained features, where the
-# network's output is arbitrary (docs/pipeline.md: near-constant log p). LOG_T_FLOOR is only
-# the default for models saved without the key.
+# stays finite; unlike a clamp it keeps d/dt nonzero. Training covers ln(t + floor) for
+# t >= t_min, so t = 0 (ln floor) lies inside the trained features when the floor is well
+# above t_min (the default scale: floor 1e-5, t_min 1e-6) and ln 2 outside them when it
+# equals t_min (model.log_t_floor: null, resolved by dsm.train); a floor far below t_min
+# (the old fixed 1e-12) puts t = 0 far outside, where the network's output is arbitrary
+# (docs/defaults.md#training-range-and-noise-embedding). LOG_T_FLOOR is only the default
+# for models saved without the key.
 LOG_T_FLOOR = 1e-12
 
 
@@ -40,7 +41,7 @@ class NoiseEmbedding(nn.Module):
     logspace(0, -2) = 1 .. 0.01 and no 2π: exactly the released code's features
     (periods 2π .. 200π).
     kind="log": the "linear" features of ln(t + log_t_floor), periods 1 .. 100 in units of
-    ln t, so the embedding keeps resolving noise levels down to the floor (set it to the
+    ln t, so the embedding keeps resolving noise levels down to the floor (set it above the
     training t_min so that t = 0 stays inside the trained range).
     kind="log-release": the "release" features (no 2π) of ln(t + log_t_floor): periods
     2π .. 200π in ln t, smoother in the noise level than "log".

@@ -243,7 +243,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         inputs={"model": MODEL, "data": IMAGES}, outputs={"norm": NORM},
         args="--model {input.model} --data {input.data} --out {output.norm}",
         resources="evaluate", benchmark=True,
-        doc="the model's normalization constant from held-out images at t_max"),
+        doc="the model's normalization constant from held-out images at T = evaluate.norm_t"),
     Stage(
         name="normalize_full", entry="dsm.evaluate", subcommand="normalize",
         reads=("evaluate.n_norm", "evaluate.batch_size", "evaluate.noise_seed",
