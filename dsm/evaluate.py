@@ -30,7 +30,7 @@ from dsm.errors import DsmError
 from dsm.io import (atomic_path, check_finite, code_version, read_json, sha256_file, sha256_json,
                     write_json)
 from dsm.modelfile import load_energy_model
-from dsm.normalization import device_of, normalization_constant
+from dsm.normalization import MAX_COVARIANCE_DIM, device_of, normalization_constant
 from dsm.runtime import image_noise, stage_threads
 
 # The per-image Parquet schema (one row per image and model); see docs/DESIGN.md.
@@ -248,11 +248,12 @@ def normalize_from_params(cfg: dict, model, data, out, device=None) -> dict:
     the model's training ``t_max``), with the Gaussian entropy there per
     ``evaluate.norm_entropy`` (dsm.normalization). The JSON's ``t_max`` is T.
 
-    The self-consistency check: the same constant read at every level of
-    ``evaluate.norm_check_t`` within the model's training range (``check``: T, c, its SE)
-    and the spread of those constants in dB/dim (``check_spread_db_per_dim``). A model whose
-    time score carries the change of log p with t gives the same c at every T; it needs no
-    exact density, so it applies to real images too.
+    The self-consistency check: the constant read at T and at every level of
+    ``evaluate.norm_check_t`` within the model's training range, with the entropy form
+    ``evaluate.norm_check_entropy`` (``check``: T, c, its SE; ``check_entropy``), and the
+    spread of those constants in dB/dim (``check_spread_db_per_dim``). A model whose time
+    score carries the change of log p with t gives the same c at every T; the check needs
+    no exact density, so it applies to real images too.
     """
     ecfg = _ecfg(cfg)
     stage_threads(cfg, "evaluate")
@@ -269,27 +270,34 @@ def normalize_from_params(cfg: dict, model, data, out, device=None) -> dict:
         raise DsmError(f"{store.path}: images {tuple(store.shape)} do not match the model's {tuple(payload['shape'])}")
     entropy = str(ecfg.get("norm_entropy", "isotropic"))
 
-    def constant(level: float) -> dict:
+    def constant(level: float, form: str) -> dict:
         images = (store.images(np.arange(i, min(n, i + bs))) for i in range(0, n, bs))
-        r = normalization_constant(net, images, level, seed, entropy=entropy, batch_size=bs, device=dev)
+        r = normalization_constant(net, images, level, seed, entropy=form, batch_size=bs, device=dev)
         check_finite(r["c_nats"], f"{model}: normalization constant c_nats at T = {level:g} "
                                   f"(non-finite model energies)")
         return r
 
-    result = constant(t_max)
+    result = constant(t_max, entropy)
     d = int(result["d"])
+    # the check reads c at lower T too, where only the data-covariance Gaussian is accurate
+    # enough (an isotropic one errs by about v/(2T) per pixel); beyond MAX_COVARIANCE_DIM
+    # the data-variance one
+    check_form = str(ecfg.get("norm_check_entropy", "data_covariance"))
+    if check_form == "data_covariance" and d > MAX_COVARIANCE_DIM:
+        check_form = "data_variance"
     levels = sorted({float(v) for v in ecfg.get("norm_check_t") or []
                      if t_min <= float(v) <= t_train * (1 + 1e-9)} | {t_max})
     check = [{"t": lv, "c_nats": r["c_nats"], "c_sem_nats": r["c_sem_nats"],
               "c_db_per_dim": -float(units.logp_db_per_dim(r["c_nats"], d))}
-             for lv, r in ((lv, result if lv == t_max else constant(lv)) for lv in levels)]
+             for lv, r in ((lv, result if (lv == t_max and check_form == entropy)
+                            else constant(lv, check_form)) for lv in levels)]
     cs = [row["c_nats"] for row in check]
     result.update({
         "method": ("one-shot: H - mean U(x + sqrt(T) z, T) over held-out images at T, H the entropy of "
                    + {"isotropic": "N(mean, T I)",
                       "data_variance": "N(mean, (v + T) I), v the images' variance per pixel",
                       "data_covariance": "N(mean, S + T I), S the images' covariance"}[entropy]),
-        "images": NORM_SET, "check": check,
+        "images": NORM_SET, "check": check, "check_entropy": check_form,
         "check_spread_db_per_dim": -float(units.logp_db_per_dim(max(cs) - min(cs), d)),
         "model": str(model), "model_sha256": sha256_file(model), "data": str(store.path),
         "params_sha256": sha256_json(cfg), "code_version": code_version(),

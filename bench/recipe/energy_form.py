@@ -101,7 +101,7 @@ def main(argv=None):
     exact_logp = -db * ex.energy(torch.from_numpy(x).double(), 0.0).numpy()
     rec["norm"] = []
     for T in [T for T in (0.01, 0.1, 1.0, 10.0, 100.0) if T <= t_max * 1.0001]:
-        for form in ("isotropic", "data_variance"):
+        for form in ("isotropic", "data_variance", "data_covariance"):
             c = normalization_constant(model, hold, T, seed=a.seed, entropy=form)
             err = -db * (u0 + c["c_nats"]) - exact_logp
             rec["norm"].append({"T": T, "form": form, "c_db": round(db * c["c_nats"], 4),
