@@ -294,7 +294,8 @@ def check_workflow_config(config: dict, params_path="params.yaml") -> None:
         f"{', '.join(k + '=NAME' for k in COMMAND_LINE_KEYS)} is accepted)")
 
 
-# Sizes of the real sources' training sets, for checks when `data.n_train` is null.
+# Sizes of the real sources' training splits, for checks when `data.n_train` is null (the
+# train part is this less `data.n_holdout`).
 SOURCE_TRAIN_SIZES = {"fashion-mnist": 60_000, "cifar10": 50_000, "imagenet64": 1_281_167}
 
 
@@ -318,7 +319,10 @@ def check_params(params: dict, source: str = "params.yaml") -> None:
             raise DsmError(f"{source}: {where}.name: {cfg.get('name')!r} must equal the "
                            f"scale's key {where.split('.', 1)[1]!r}")
         data, split, model = cfg.get("data", {}), cfg.get("split", {}), cfg.get("model", {})
-        n_train = data.get("n_train") or SOURCE_TRAIN_SIZES.get(data.get("source"))
+        n_train = data.get("n_train")
+        if not n_train and data.get("source") in SOURCE_TRAIN_SIZES:   # less the holdout part
+            holdout = data.get("n_holdout") or section_defaults("data").get("n_holdout", 0)
+            n_train = SOURCE_TRAIN_SIZES[data["source"]] - int(holdout)
         if n_train and split.get("N") and 2 * max(split["N"]) > n_train:
             raise DsmError(f"{source}: {where}.split.N: 2 x max(N) = {2 * max(split['N'])} "
                            f"exceeds {where}.data.n_train = {n_train} (A and B must be disjoint)")

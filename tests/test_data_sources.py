@@ -22,10 +22,26 @@ def luma(rgb):  # (n, 3, H, W) uint8 -> (n, 1, H, W) uint8
 
 
 def prep(tmp_path, **cfg):
+    cfg.setdefault("n_holdout", 2)            # the fixtures hold a handful of training images
     return prepare(cfg, tmp_path / "out", progress=False)
 
 
+def check_holdout(out, train_images, n_holdout):
+    """The holdout part is the last ``n_holdout`` of the source's training images (stored
+    as ``train_images``, in source order), the train part the rest; disjoint by content."""
+    tr, ho = open_store(out, "train"), open_store(out, "holdout")
+    assert (len(tr), len(ho)) == (len(train_images) - n_holdout, n_holdout)
+    np.testing.assert_array_equal(ho.raw(np.arange(len(ho))), train_images[-n_holdout:])
+    np.testing.assert_array_equal(tr.raw(np.arange(len(tr))), train_images[:-n_holdout])
+    assert not set(tr.index.content_hash) & set(ho.index.content_hash)
+    assert not set(open_store(out, "test").index.content_hash) & set(ho.index.content_hash)
+    assert tr.meta["holdout"]["first_id"] == ho.index.image_id.iloc[0]
+    assert ho.meta["part"] == "holdout" and ho.meta["format"] == "dsm-store/2"
+    return tr, ho
+
+
 def fails(tmp_path, match, **cfg):
+    cfg.setdefault("n_holdout", 2)
     with pytest.raises(DsmError, match=match):
         prep(tmp_path, **cfg)
     assert not (tmp_path / "out").exists()
@@ -40,10 +56,23 @@ def test_fashion_mnist(tmp_path, gz):
     out = prep(tmp_path, source="fashion-mnist", root=str(tmp_path / "raw"))
     for part in ("train", "test"):
         s = open_store(out, part)
-        np.testing.assert_array_equal(s.raw(np.arange(len(s)))[:, 0], ref[part][0])
-        assert s.index.label.tolist() == ref[part][1].tolist()
+        n = len(ref[part][0]) - (2 if part == "train" else 0)     # less the holdout part
+        np.testing.assert_array_equal(s.raw(np.arange(len(s)))[:, 0], ref[part][0][:n])
+        assert s.index.label.tolist() == ref[part][1][:n].tolist()
         assert s.index.image_id[0] == f"fashion-mnist/{part}/00000"
         assert s.images([0]).max() <= 1.0 and s.meta["dtype"] == "uint8"
+
+
+def test_fashion_mnist_holdout(tmp_path):
+    ref = write_fashion_mnist(tmp_path / "raw", n_train=9)
+    out = prep(tmp_path, source="fashion-mnist", root=str(tmp_path / "raw"), n_holdout=3)
+    tr, ho = check_holdout(out, ref["train"][0][:, None], 3)
+    assert ho.index.image_id.tolist() == [f"fashion-mnist/train/{i:05d}" for i in (6, 7, 8)]
+    assert ho.index.label.tolist() == ref["train"][1][6:].tolist()
+    out = prep(tmp_path, source="fashion-mnist", root=str(tmp_path / "raw"), n_holdout=3, n_train=2)
+    assert len(open_store(out, "train")) == 2 and len(open_store(out, "holdout")) == 3  # caps only train
+    fails(tmp_path / "bad", r"data\.n_holdout: 9 would leave none of the 9 training images", source="fashion-mnist",
+          root=str(tmp_path / "raw"), n_holdout=9)
 
 
 def test_fashion_mnist_caps_and_resize(tmp_path):
@@ -81,12 +110,14 @@ def test_fashion_mnist_bad_inputs(tmp_path):
                     reason=f"real Fashion-MNIST not installed at {REAL_FASHION} "
                            "(apt-get install dataset-fashion-mnist)")
 def test_real_fashion_mnist(tmp_path):
-    out = prep(tmp_path, source="fashion-mnist")               # default root = the Debian path
-    tr, te = open_store(out, "train"), open_store(out, "test")
-    assert (len(tr), len(te), tr.shape) == (60000, 10000, (1, 28, 28))
-    assert np.bincount(tr.index.label).tolist() == [6000] * 10
+    out = prep(tmp_path, source="fashion-mnist", n_holdout=2000)  # default root = the Debian path
+    tr, te, ho = open_store(out, "train"), open_store(out, "test"), open_store(out, "holdout")
+    assert (len(tr), len(te), len(ho), tr.shape) == (58000, 10000, 2000, (1, 28, 28))
+    labels = np.concatenate([tr.index.label, ho.index.label])
+    assert np.bincount(labels).tolist() == [6000] * 10
     assert np.bincount(te.index.label).tolist() == [1000] * 10
-    x = tr.images(np.arange(0, 60000, 7))
+    assert ho.index.image_id.iloc[-1] == "fashion-mnist/train/59999"
+    x = tr.images(np.arange(0, 58000, 7))
     assert abs(x.mean() - 0.2860) < 0.005 and abs(x.std() - 0.3530) < 0.005   # published stats
     dup = tr.index.content_hash.duplicated().sum()
     assert dup < 100                                             # a handful of exact duplicates
@@ -101,9 +132,25 @@ def test_imagenet64(tmp_path, form):
     for part in ("train", "test"):
         s = open_store(out, part)
         assert s.shape == (3, 64, 64)
-        np.testing.assert_array_equal(s.raw(np.arange(len(s))), ref[part][0])
-        assert s.index.label.tolist() == ref[part][1].tolist()
+        n = len(ref[part][0]) - (2 if part == "train" else 0)     # less the holdout part
+        np.testing.assert_array_equal(s.raw(np.arange(len(s))), ref[part][0][:n])
+        assert s.index.label.tolist() == ref[part][1][:n].tolist()
     assert open_store(out, "train").index.image_id[3] == "imagenet64/train_data_batch_2/000000"
+
+
+@pytest.mark.parametrize("form", ["npz", "pickle"])
+def test_imagenet64_holdout_spans_batches(tmp_path, form):
+    ref = write_imagenet64(tmp_path / "raw", form=form)          # 15 training images, 2 in the last batch
+    out = prep(tmp_path, source="imagenet64", root=str(tmp_path / "raw"), n_holdout=3)
+    tr, ho = check_holdout(out, ref["train"][0], 3)
+    assert ho.index.image_id.tolist() == ["imagenet64/train_data_batch_9/000000",
+                                          "imagenet64/train_data_batch_10/000000",
+                                          "imagenet64/train_data_batch_10/000001"]
+    assert ho.index.label.tolist() == ref["train"][1][-3:].tolist()
+    out = prep(tmp_path, source="imagenet64", root=str(tmp_path / "raw"), n_holdout=3, n_train=4)
+    assert len(open_store(out, "train")) == 4 and len(open_store(out, "holdout")) == 3
+    fails(tmp_path / "bad", r"data\.n_holdout: 15 would leave none", source="imagenet64",
+          root=str(tmp_path / "raw"), n_holdout=15)
 
 
 def test_imagenet64_gray_caps(tmp_path):
@@ -159,11 +206,23 @@ def test_cifar10(tmp_path):
         out = prep(tmp_path, source="cifar10", root=str(root))
         for part in ("train", "test"):
             s = open_store(out, part)
-            np.testing.assert_array_equal(s.raw(np.arange(len(s))), ref[part][0])
-            assert s.index.label.tolist() == ref[part][1].tolist()
+            n = len(ref[part][0]) - (2 if part == "train" else 0)     # less the holdout part
+            np.testing.assert_array_equal(s.raw(np.arange(len(s))), ref[part][0][:n])
+            assert s.index.label.tolist() == ref[part][1][:n].tolist()
     out = prep(tmp_path, source="cifar10", root=str(tmp_path / "raw"), channels=1, n_train=5)
     s = open_store(out, "train")
     np.testing.assert_array_equal(s.raw(np.arange(5)), luma(ref["train"][0][:5]))
+
+
+def test_cifar10_holdout_spans_batches(tmp_path):
+    ref = write_cifar10(tmp_path / "raw")                        # 5 batches of 2
+    out = prep(tmp_path, source="cifar10", root=str(tmp_path / "raw"), n_holdout=3)
+    tr, ho = check_holdout(out, ref["train"][0], 3)
+    assert ho.index.image_id.tolist() == ["cifar10/data_batch_4/00001", "cifar10/data_batch_5/00000",
+                                          "cifar10/data_batch_5/00001"]
+    assert tr.index.image_id.iloc[-1] == "cifar10/data_batch_4/00000"
+    fails(tmp_path / "bad", r"data\.n_holdout: 10 would leave none", source="cifar10", root=str(tmp_path / "raw"),
+          n_holdout=10)
 
 
 def test_cifar10_bad_inputs(tmp_path):
@@ -195,18 +254,28 @@ def make_folder(root, n=12, size=(10, 10), seed=0):
 def test_folder_png_exact_and_hash_split(tmp_path):
     arrays = make_folder(tmp_path / "raw", n=30)
     out = prep(tmp_path, source="folder", root=str(tmp_path / "raw"), folder={"test_fraction": 0.3})
-    tr, te = open_store(out, "train"), open_store(out, "test")
-    assert len(tr) + len(te) == 30 and 0 < len(te) < 30
-    ids = tr.index.image_id.tolist() + te.index.image_id.tolist()
+    tr, te, ho = open_store(out, "train"), open_store(out, "test"), open_store(out, "holdout")
+    assert len(tr) + len(te) + len(ho) == 30 and 0 < len(te) < 30 and len(ho) == 2
+    ids = tr.index.image_id.tolist() + te.index.image_id.tolist() + ho.index.image_id.tolist()
     assert sorted(ids) == sorted(arrays)
-    assert tr.index.image_id.tolist() == sorted(tr.index.image_id)
-    for s in (tr, te):
+    assert tr.index.image_id.tolist() + ho.index.image_id.tolist() == sorted(tr.index.image_id.tolist()
+                                                                             + ho.index.image_id.tolist())
+    for s in (tr, te, ho):
         for i, rel in enumerate(s.index.image_id):
             np.testing.assert_array_equal(s.raw([i])[0], arrays[rel].transpose(2, 0, 1))
     # adding a file does not move the others between parts
     write_image(tmp_path / "raw" / "zz.png", np.zeros((10, 10, 3), np.uint8))
     out = prep(tmp_path, source="folder", root=str(tmp_path / "raw"), folder={"test_fraction": 0.3})
     assert set(te.index.image_id) <= set(open_store(out, "test").index.image_id)
+
+
+def test_folder_holdout_is_the_last_training_images(tmp_path):
+    arrays = make_folder(tmp_path / "raw" / "train", n=8)
+    make_folder(tmp_path / "raw" / "test", n=2, seed=1)
+    out = prep(tmp_path, source="folder", root=str(tmp_path / "raw"), n_holdout=3)
+    names = sorted(arrays)
+    tr, ho = check_holdout(out, np.stack([arrays[r].transpose(2, 0, 1) for r in names]), 3)
+    assert ho.index.image_id.tolist() == [f"train/{r}" for r in names[-3:]]
 
 
 def test_folder_train_test_dirs_jpeg_modes_resize_gray(tmp_path):
@@ -217,8 +286,10 @@ def test_folder_train_test_dirs_jpeg_modes_resize_gray(tmp_path):
     write_image(raw / "train" / "c.png", rng.integers(0, 256, (40, 24, 4), dtype=np.uint8))  # RGBA
     write_image(raw / "test" / "d.jpeg", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
     (raw / "train" / "notes.txt").write_text("ignored")
-    out = prep(tmp_path, source="folder", root=str(raw), image_size=8, channels=1)
+    write_image(raw / "train" / "e.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    out = prep(tmp_path, source="folder", root=str(raw), image_size=8, channels=1, n_holdout=1)
     tr = open_store(out, "train")
+    assert open_store(out, "holdout").index.image_id.tolist() == ["train/e.png"]
     assert (len(tr), tr.shape) == (3, (1, 8, 8))
     assert tr.index.image_id.tolist() == ["train/a.jpg", "train/b.PNG", "train/c.png"]
     assert open_store(out, "test").shape == (1, 8, 8)

@@ -13,8 +13,8 @@ from dsm.errors import DsmError
 @pytest.fixture(scope="module")
 def field_store(tmp_path_factory):
     out = tmp_path_factory.mktemp("s") / "f"
-    return prepare({"source": "field", "image_size": 4, "n_train": 250, "n_test": 5}, out,
-                   progress=False)
+    return prepare({"source": "field", "image_size": 4, "n_train": 250, "n_test": 5, "n_holdout": 30},
+                   out, progress=False)
 
 
 def uint8_store(path, pixels):
@@ -42,6 +42,18 @@ def test_nested_and_disjoint(field_store, tmp_path):
     assert not df.dup_in_other.any()
     idx = pd.read_parquet(field_store / "train" / "index.parquet")
     assert (df.image_id.values == idx.image_id.values[df.image_index.values]).all()
+
+
+def test_splits_are_drawn_from_train_only(field_store, tmp_path):
+    """A and B come from the train part: no image of the holdout (or test) part is in them."""
+    from dsm.data import open_store
+
+    out = make_splits(field_store, {"N": [125]}, tmp_path / "s.parquet", progress=False)
+    df = pd.read_parquet(out)
+    held = set(open_store(field_store, "holdout").index.content_hash)
+    held |= set(open_store(field_store, "test").index.content_hash)
+    assert len(held) == 35 and not held & set(df.content_hash)
+    assert df.image_id.str.startswith("field-s0-train-").all()
 
 
 def test_whole_train_set_at_2N_equal_n(field_store, tmp_path):

@@ -18,7 +18,7 @@ from dsm.data.store import Chunk, PartPlan, row_hashes, write_store
 from dsm.errors import DsmError
 
 REPO = Path(__file__).resolve().parent.parent
-FIELD = {"source": "field", "image_size": 8, "n_train": 300, "n_test": 50,
+FIELD = {"source": "field", "image_size": 8, "n_train": 300, "n_test": 50, "n_holdout": 40,
          "field": {"scales": [0.5, 1.0], "weights": [0.5, 0.5], "seed": 3}}
 
 
@@ -63,6 +63,45 @@ def test_field_store_format(tmp_path):
     assert not list(tmp_path.glob(".f.*"))                    # no temp dirs left
 
 
+def test_holdout_part_own_seed_stream(tmp_path):
+    """field: the holdout part is stream 2 of the seed (train 0, test 1), disjoint by content."""
+    out = prepare(FIELD, tmp_path / "f", progress=False)
+    tr, te, ho = (open_store(out, p) for p in ("train", "test", "holdout"))
+    assert (len(ho), ho.shape, ho.meta["part"], ho.meta["format"]) == (40, (1, 8, 8), "holdout", "dsm-store/2")
+    dens = exact_density(ho.meta)
+    np.testing.assert_array_equal(ho.images(), dens.sample(40, seed=3, part=2))
+    assert ho.index.image_id[0] == "field-s3-holdout-00000000"
+    hashes = [set(s.index.content_hash) for s in (tr, te, ho)]
+    assert not hashes[0] & hashes[2] and not hashes[1] & hashes[2] and len(hashes[2]) == 40
+    assert json.loads((out / "done").read_text())["n"] == {"train": 300, "test": 50, "holdout": 40}
+    # the holdout count changes neither train nor test
+    out2 = prepare(dict(FIELD, n_holdout=5), tmp_path / "g", progress=False)
+    np.testing.assert_array_equal(open_store(out2, "train").images(), tr.images())
+    np.testing.assert_array_equal(open_store(out2, "holdout").images(), ho.images([0, 1, 2, 3, 4]))
+
+
+def test_gsm_holdout_part(tmp_path):
+    cfg = {"source": "gsm", "n_train": 30, "n_test": 10, "n_holdout": 20, "gsm": {"d": 8, "seed": 1}}
+    out = prepare(cfg, tmp_path / "g", progress=False)
+    tr, te, ho = (open_store(out, p) for p in ("train", "test", "holdout"))
+    assert (len(ho), ho.shape) == (20, (1, 1, 8))
+    hashes = [set(s.index.content_hash) for s in (tr, te, ho)]
+    assert len(hashes[2]) == 20 and not (hashes[0] | hashes[1]) & hashes[2]
+
+
+def test_store_without_holdout_part_is_an_error(tmp_path):
+    def chunks():
+        yield Chunk(np.zeros((2, 1, 2, 2), np.float32) + np.arange(2, dtype=np.float32)[:, None, None, None],
+                    ["a", "b"])
+
+    write_store(tmp_path / "o", [PartPlan("train", chunks), PartPlan("test", chunks)],
+                {"source": "x", "params_hash": "h"}, progress=False)
+    with pytest.raises(DsmError, match="no holdout part .*re-run `dsm prepare`"):
+        open_store(tmp_path / "o", "holdout")
+    with pytest.raises(DsmError, match="part must be one of"):
+        open_store(tmp_path / "o", "valid")
+
+
 def test_idempotent_and_rebuild_on_change(tmp_path, capsys):
     out = prepare(FIELD, tmp_path / "f", progress=False)
     mtime = (out / "train" / "pixels.npy").stat().st_mtime_ns
@@ -95,6 +134,8 @@ def test_gsm_source(tmp_path):
     ({"source": "field", "channels": 2}, "data.channels"),
     ({"source": "field", "n_train": -3}, "data.n_train"),
     ({"source": "field", "n_test": 5}, "data.n_train"),
+    ({"source": "field", "n_train": 5, "n_test": 5, "n_holdout": 0}, "data.n_holdout"),
+    ({"source": "field", "n_train": 5, "n_test": 5, "n_holdout": None}, "data.n_holdout"),
     ({"source": "field", "n_train": 5, "n_test": 5, "channels": 3}, "data.channels"),
     ({"source": "cifar10", "cifar10": {"x": 1}}, "data.cifar10.x"),
 ])

@@ -50,7 +50,8 @@ def trained(tmp_path_factory):
         _png(root / "raw" / "test" / f"t{i}.png", rng, mode)
     common = ["--params", REPO / "params.yaml", "--scale", "smoke",
               "--set", "data.source=folder", "--set", f"data.root={root / 'raw'}",
-              "--set", "data.n_train=null", "--set", "data.n_test=null", "--set", "data.channels=1",
+              "--set", "data.n_train=null", "--set", "data.n_test=null", "--set", "data.n_holdout=8",
+              "--set", "data.channels=1",
               "--set", "data.image_size=null", "--set", "train.progress=false"]
     data, model = root / "data", root / "models/smoke/full"
     norm, table = root / "results/smoke/full/norm.json", root / "results/smoke/full/logp-test.parquet"

@@ -28,7 +28,8 @@ def test_shipped_params_are_valid_and_complete():
             paper["train"]["lr_halve_every"]) == (1_000_000, 128, 2e-4, 100_000)
     assert paper["resources"]["train"]["gpu"] >= 1 and paper["resources"]["evaluate"]["gpu"] >= 1
     assert params["scales"]["default"]["data"]["source"] == "field"
-    assert max(params["scales"]["fashion-mnist"]["split"]["N"]) == 30_000
+    fm = params["scales"]["fashion-mnist"]
+    assert max(fm["split"]["N"]) == 29_000 and fm["data"]["n_holdout"] == 2000   # 2 x 29,000 + 2,000 = 60,000
 
 
 def test_merge_keys_resolve_the_same_for_dvc():

@@ -4,7 +4,8 @@ Files under ``data.root`` (or ``data.root/cifar-10-batches-py``): ``data_batch_1
 ``data_batch_5`` (train, 50,000) and ``test_batch`` (test, 10,000); each a pickled
 dict with ``data`` (10000×3072 uint8, channel-major R, G, B planes of 32×32),
 ``labels`` (0–9) and ``filenames``; keys are bytes when written by Python 2.
-Image ids ``cifar10/<batch>/<row>``. Options: none. Read with the restricted
+Image ids ``cifar10/<batch>/<row>``. Options: none. The holdout part is the last
+``data.n_holdout`` training images (the end of ``data_batch_5``), which train excludes. Read with the restricted
 unpickler of :mod:`dsm.data.imagenet64`.
 """
 
@@ -41,8 +42,19 @@ def load_batch(path: Path):
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
+def _rows(batches, lo: int, hi: int):
+    """(name, data, labels, first row) of the rows lo … hi-1 of the concatenated ``batches``."""
+    offset = 0
+    for name, data, labels in batches:
+        a, b = max(lo - offset, 0), min(hi - offset, len(data))
+        if a < b:
+            yield name, data[a:b], labels[a:b], a
+        offset += len(data)
+
+
 def plan(cfg: dict):
-    from dsm.data.convert import convert_uint8, native_channels, required_root
+    from dsm.data.convert import (cap, convert_uint8, holdout_meta, holdout_split, native_channels,
+                                  required_root)
     from dsm.data.store import Chunk, PartPlan
 
     root = required_root(cfg, "cifar10", "directory of data_batch_* and test_batch")
@@ -53,20 +65,20 @@ def plan(cfg: dict):
     files = {"train": TRAIN, "test": TEST}
     # 60,000 images are 184 MB: read and validate every batch before writing anything
     loaded = {p: [(name, *load_batch(root / name)) for name in names] for p, names in files.items()}
+    n_avail = sum(len(d) for _, d, _ in loaded["train"])
+    n_train, start = holdout_split(n_avail, cfg, "cifar10")
+    n_test = cap(sum(len(d) for _, d, _ in loaded["test"]), cfg.get("n_test"))
+    # part -> (batches, first row, stop row): holdout = the last n_holdout training images
+    rows = {"train": ("train", 0, n_train), "test": ("test", 0, n_test),
+            "holdout": ("train", start, n_avail)}
 
     def chunks(part):
-        left = cfg.get(f"n_{part}")
-        for name, data, labels in loaded[part]:
-            n = len(data) if left is None else min(len(data), left)
-            if n <= 0:
-                return
-            yield Chunk(convert_uint8(data[:n], channels, size),
-                        [f"cifar10/{name}/{i:05d}" for i in range(n)], labels[:n])
-            if left is not None:
-                left -= n
+        src, lo, hi = rows[part]
+        for name, data, labels, first in _rows(loaded[src], lo, hi):
+            yield Chunk(convert_uint8(data, channels, size),
+                        [f"cifar10/{name}/{i:05d}" for i in range(first, first + len(data))], labels)
 
-    def total(p):
-        n = sum(len(d) for _, d, _ in loaded[p])
-        return n if cfg.get(f"n_{p}") is None else min(n, cfg[f"n_{p}"])
-
-    return [PartPlan(p, (lambda p=p: chunks(p)), total(p)) for p in files], {"root": str(root)}
+    ids = [f"cifar10/{name}/{first + i:05d}" for name, data, _, first in _rows(loaded["train"], start, n_avail)
+           for i in range(len(data))]
+    meta = {"root": str(root), "holdout": holdout_meta(start, n_avail, ids[0], ids[-1])}
+    return [PartPlan(p, (lambda p=p: chunks(p)), rows[p][2] - rows[p][1]) for p in rows], meta

@@ -56,3 +56,22 @@ def convert_uint8(px, channels: int, size: int | None):
 
 def cap(n_avail: int, limit: int | None) -> int:
     return n_avail if limit is None else min(n_avail, limit)
+
+
+def holdout_split(n_avail: int, cfg: dict, source: str) -> tuple[int, int]:
+    """(images of the train part, first image of the holdout part) of a real source whose
+    training split has ``n_avail`` images: the holdout part is the last ``data.n_holdout``
+    of them, and the train part the first ``data.n_train`` (null: all) of the rest."""
+    h = int(cfg.get("n_holdout") or 0)
+    if h >= n_avail:
+        raise DsmError(f"data.n_holdout: {h} would leave none of the {n_avail} training images of "
+                       f"{source} for training (set a smaller data.n_holdout)")
+    start = n_avail - h
+    return cap(start, cfg.get("n_train")), start
+
+
+def holdout_meta(start: int, n_avail: int, first_id: str, last_id: str) -> dict:
+    """The ``holdout`` entry of a real source's meta.json: which training images it holds."""
+    return {"rule": "the last n_holdout images of the source's training split, excluded from train",
+            "first_index": int(start), "n_training_split": int(n_avail),
+            "first_id": first_id, "last_id": last_id}

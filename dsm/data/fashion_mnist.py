@@ -6,7 +6,9 @@ Files (each gzipped ``.gz`` or raw) under ``data.root``, by default
 ``train-labels-idx1-ubyte`` (60,000) and ``t10k-images-idx3-ubyte``,
 ``t10k-labels-idx1-ubyte`` (10,000). The IDX format: two zero bytes, a type code
 (0x08 = uint8), the number of dimensions, the dimensions as big-endian int32, then
-the values in row-major order. Image ids ``fashion-mnist/<part>/<row>``; labels 0–9.
+the values in row-major order. Image ids ``fashion-mnist/<file part>/<row>``; labels 0–9.
+The holdout part is the last ``data.n_holdout`` rows of the training files (ids
+``fashion-mnist/train/<row>``), which the train part excludes.
 Options: none (``data.fashion-mnist`` is empty); ``channels`` must be 1;
 ``image_size`` other than 28 resizes (Lanczos).
 """
@@ -76,7 +78,7 @@ def load_part(root, part: str):
 
 
 def plan(cfg: dict):
-    from dsm.data.convert import cap, convert_uint8, native_channels
+    from dsm.data.convert import cap, convert_uint8, holdout_meta, holdout_split, native_channels
     from dsm.data.store import Chunk, PartPlan
 
     root = Path(cfg.get("root") or DEFAULT_ROOT)
@@ -86,16 +88,23 @@ def plan(cfg: dict):
     channels = native_channels(cfg, 1, "fashion-mnist")
     size = cfg.get("image_size")
     # read (and so validate) everything before writing anything
-    parts = {p: load_part(root, p) for p in FILES}
+    loaded = {p: load_part(root, p) for p in FILES}
+    n_avail = len(loaded["train"][0])
+    n_train, start = holdout_split(n_avail, cfg, "fashion-mnist")
+    # part -> (file part, first row, stop row): holdout = the last n_holdout training images
+    rows = {"train": ("train", 0, n_train),
+            "test": ("test", 0, cap(len(loaded["test"][0]), cfg.get("n_test"))),
+            "holdout": ("train", start, n_avail)}
 
     def chunks(part):
-        images, labels = parts[part]
-        n = cap(len(images), cfg.get(f"n_{part}"))
-        for a in range(0, n, CHUNK):
-            b = min(n, a + CHUNK)
+        src, lo, hi = rows[part]
+        images, labels = loaded[src]
+        for a in range(lo, hi, CHUNK):
+            b = min(hi, a + CHUNK)
             px = convert_uint8(images[a:b, None], channels, size)
-            yield Chunk(px, [f"fashion-mnist/{part}/{i:05d}" for i in range(a, b)], labels[a:b])
+            yield Chunk(px, [f"fashion-mnist/{src}/{i:05d}" for i in range(a, b)], labels[a:b])
 
-    plans = [PartPlan(p, (lambda p=p: chunks(p)), cap(len(parts[p][0]), cfg.get(f"n_{p}")))
-             for p in FILES]
-    return plans, {"root": str(root)}
+    plans = [PartPlan(p, (lambda p=p: chunks(p)), rows[p][2] - rows[p][1]) for p in rows]
+    meta = {"root": str(root), "holdout": holdout_meta(start, n_avail, f"fashion-mnist/train/{start:05d}",
+                                                        f"fashion-mnist/train/{n_avail - 1:05d}")}
+    return plans, meta

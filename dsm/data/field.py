@@ -42,7 +42,7 @@ from dsm.errors import DsmError
 
 BLOCK = 4096
 DEFAULT_IMAGE_SIZE = 16
-PART_CODE = {"train": 0, "test": 1}
+PART_CODE = {"train": 0, "test": 1, "holdout": 2}     # one seed stream per part
 
 
 def dct_matrix(n: int) -> np.ndarray:
@@ -110,7 +110,7 @@ class FieldDensity:
         return x.astype(np.float32, copy=False)[:, None]
 
     def sample(self, n: int, seed: int = 0, part: int = 0, start: int = 0) -> np.ndarray:
-        """Images ``start ... start+n-1`` of a part (train=0, test=1), float32 (n, 1, H, W)."""
+        """Images ``start ... start+n-1`` of a part (train=0, test=1, holdout=2), float32 (n, 1, H, W)."""
         out = np.empty((n, 1, self.size, self.size), np.float32)
         i = start
         while i < start + n:
@@ -317,7 +317,7 @@ def plan(cfg: dict):
 
     dens = density_from_cfg(cfg)
     seed = int(cfg["field"]["seed"])
-    counts = {"train": cfg.get("n_train"), "test": cfg.get("n_test")}
+    counts = {"train": cfg.get("n_train"), "test": cfg.get("n_test"), "holdout": cfg.get("n_holdout")}
     for part, n in counts.items():
         if n is None:
             raise DsmError(f"data.n_{part}: required for source field (a synthetic source has no 'all')")

@@ -5,7 +5,8 @@ case), in sorted order of their relative paths, which are their image ids. If
 ``root`` has ``train/`` and ``test/`` subfolders they are the parts; otherwise each
 image goes to test when the SHA-256 of its relative path, read as a fraction in
 [0, 1), is below ``data.folder.test_fraction`` (default 0.1), so adding or removing
-files never moves the others between parts.
+files never moves the others between train and test. The holdout part is the last
+``data.n_holdout`` training images in that order, which train excludes.
 
 Every image is converted to RGB (palette, alpha and 16-bit modes through PIL), then
 to grayscale by ITU-R 601 luma when ``channels`` is 1 (default: 3). With
@@ -66,7 +67,7 @@ def load_image(path: Path, size: int | None) -> np.ndarray:
 
 
 def plan(cfg: dict):
-    from dsm.data.convert import cap, convert_uint8, required_root
+    from dsm.data.convert import cap, convert_uint8, holdout_meta, holdout_split, required_root
     from dsm.data.store import Chunk, PartPlan
 
     root = required_root(cfg, "folder", "a directory of PNG/JPEG images")
@@ -84,7 +85,10 @@ def plan(cfg: dict):
     for part, names in files.items():
         if not names:
             raise DsmError(f"{root}: no PNG/JPEG images for the {part} part")
-        files[part] = names[:cap(len(names), cfg.get(f"n_{part}"))]
+    every_train = files["train"]
+    n_train, start = holdout_split(len(every_train), cfg, f"folder {root}")
+    files = {"train": every_train[:n_train], "test": files["test"][:cap(len(files["test"]), cfg.get("n_test"))],
+             "holdout": every_train[start:]}
 
     def chunks(part):
         names = files[part]
@@ -101,4 +105,6 @@ def plan(cfg: dict):
                 batch.append(im)
             yield Chunk(convert_uint8(np.stack(batch), channels, None), names[a:a + CHUNK])
 
-    return [PartPlan(p, (lambda p=p: chunks(p)), len(files[p])) for p in files], {"root": str(root)}
+    meta = {"root": str(root), "holdout": holdout_meta(start, len(every_train), files["holdout"][0],
+                                                        files["holdout"][-1])}
+    return [PartPlan(p, (lambda p=p: chunks(p)), len(files[p])) for p in files], meta

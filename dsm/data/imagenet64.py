@@ -6,8 +6,9 @@ Files under ``data.root``: ``train_data_batch_1`` … ``train_data_batch_10`` (t
 uint8 rows of 12288 = 3·64·64 values in channel-major order (all R, then G, then B,
 each 64×64 row-major), and ``labels`` (1 … 1000). Image ids
 ``imagenet64/<file>/<row>``. Options: none. Caps take the first images in file order
-(later batches are then not read). Peak memory is about one batch (~1.6 GB for the
-real files): both official forms must be read whole.
+(later batches are then not read). The holdout part is the last ``data.n_holdout``
+training images (the end of ``train_data_batch_10``), which train excludes. Peak memory is
+about one batch (~1.6 GB for the real files): both official forms must be read whole.
 
 Pickles are read with a restricted unpickler that accepts only numpy arrays and
 plain Python containers, so a malicious file cannot run code.
@@ -91,6 +92,20 @@ def load_file(root: Path, name: str):
     return data, labels.astype(np.int64)
 
 
+def holdout_start(root: Path, n_holdout: int) -> tuple[int, int]:
+    """(batch, row) where the holdout part starts: the last ``n_holdout`` training images,
+    found by reading the training batches from the last one backwards (only as many as
+    the holdout spans are read)."""
+    left = int(n_holdout)
+    for k in range(len(TRAIN) - 1, -1, -1):
+        size = len(load_file(root, TRAIN[k])[0])
+        if size >= left and (k, size - left) != (0, 0):
+            return k, size - left
+        left -= size
+    raise DsmError(f"data.n_holdout: {n_holdout} would leave none of the training images of "
+                   f"imagenet64 for training (set a smaller data.n_holdout)")
+
+
 def plan(cfg: dict):
     from dsm.data.convert import convert_uint8, native_channels, required_root
     from dsm.data.store import Chunk, PartPlan
@@ -103,21 +118,35 @@ def plan(cfg: dict):
         for name in names:
             if not ((root / f"{name}.npz").is_file() or (root / name).is_file()):
                 raise DsmError(f"{root / name}[.npz]: file not found")
+    hb, hr = holdout_start(root, int(cfg.get("n_holdout") or 0))
+    # part -> [(file, first row, stop row or None = to the end)] in order
+    spans = {"train": [(name, 0, None) for name in TRAIN[:hb]] + [(TRAIN[hb], 0, hr)],
+             "test": [(name, 0, None) for name in TEST],
+             "holdout": [(TRAIN[hb], hr, None)] + [(name, 0, None) for name in TRAIN[hb + 1:]]}
+    caps = {"train": cfg.get("n_train"), "test": cfg.get("n_test"), "holdout": None}
 
     def chunks(part):
-        left = cfg.get(f"n_{part}")
-        for name in files[part]:
-            if left is not None and left <= 0:
-                return
+        left = caps[part]
+        for name, lo, hi in spans[part]:
+            if left is not None and left <= 0 or lo == hi:
+                continue
             data, labels = load_file(root, name)
-            n = len(data) if left is None else min(len(data), left)
-            for a in range(0, n, CHUNK):
-                b = min(n, a + CHUNK)
+            stop = len(data) if hi is None else hi
+            if left is not None:
+                stop = min(stop, lo + left)
+            for a in range(lo, stop, CHUNK):
+                b = min(stop, a + CHUNK)
                 px = convert_uint8(data[a:b].reshape(-1, 3, 64, 64), channels, size)
                 yield Chunk(px, [f"imagenet64/{name}/{i:06d}" for i in range(a, b)], labels[a:b])
             if left is not None:
-                left -= n
+                left -= stop - lo
             del data, labels
 
-    plans = [PartPlan(p, (lambda p=p: chunks(p)), cfg.get(f"n_{p}") or SIZES[p]) for p in files]
-    return plans, {"root": str(root)}
+    n_holdout = int(cfg.get("n_holdout") or 0)
+    hints = {"train": cfg.get("n_train") or SIZES["train"] - n_holdout, "test": cfg.get("n_test") or SIZES["test"],
+             "holdout": n_holdout}
+    plans = [PartPlan(p, (lambda p=p: chunks(p)), hints[p]) for p in spans]
+    meta = {"root": str(root), "holdout": {
+        "rule": "the last n_holdout images of the source's training split, excluded from train",
+        "first_id": f"imagenet64/{TRAIN[hb]}/{hr:06d}", "n": n_holdout}}
+    return plans, meta

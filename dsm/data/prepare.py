@@ -16,6 +16,11 @@ Data params (the ``data`` section of a scale; defaults in brackets):
                  field, gsm and fashion-mnist are grayscale only.
 * ``n_train``, ``n_test`` [null] caps on the number of images (the first ones in
                  source order); null = all. Required for the synthetic sources.
+* ``n_holdout``  [1000] images of the ``holdout`` part: the training distribution, never
+                 trained on nor scored (the normalization set). Synthetic sources draw
+                 them from a seed stream of their own (disjoint from train's and test's);
+                 real sources take the last ``n_holdout`` images of their training split,
+                 which ``train`` then excludes (``meta.json`` ``holdout`` says which).
 * one subsection per source, read only when that source is active:
   ``field`` (see :mod:`dsm.data.field`), ``gsm`` (d, sigmas, weights, seed),
   ``folder`` (test_fraction); ``fashion-mnist``, ``imagenet64``, ``cifar10`` take no
@@ -34,7 +39,7 @@ from dsm.data.convert import LUMA  # noqa: F401  (re-exported: the grayscale wei
 from dsm.errors import DsmError
 
 SOURCES = ("field", "gsm", "fashion-mnist", "imagenet64", "cifar10", "folder")
-COMMON = ("source", "root", "image_size", "channels", "n_train", "n_test")
+COMMON = ("source", "root", "image_size", "channels", "n_train", "n_test", "n_holdout")
 # sources with options of their own (a `$defs` entry of the schema each)
 OPTIONS = ("field", "gsm", "folder")
 
@@ -81,7 +86,7 @@ def plan_source(cfg: dict):
 
 
 def prepare(data_cfg: dict, out, progress: bool = True) -> Path:
-    """Prepare ``data_cfg``'s source into the store ``out`` (DIR/train, DIR/test).
+    """Prepare ``data_cfg``'s source into the store ``out`` (DIR/train, DIR/test, DIR/holdout).
 
     A finished store with the same params hash is not rebuilt (a line says so on
     stderr). An existing ``out`` that is not a store (nor an empty directory) is refused
@@ -127,13 +132,13 @@ def _plan_gsm(cfg: dict):
                                tuple(float(w) for w in g["weights"]))
     sig, w = np.asarray(mix.sigmas, np.float64), np.asarray(mix.weights, np.float64)
     block = max(1, (1 << 22) // mix.d)                  # about 16 MB of float32 per block
-    counts = {"train": cfg.get("n_train"), "test": cfg.get("n_test")}
+    counts = {"train": cfg.get("n_train"), "test": cfg.get("n_test"), "holdout": cfg.get("n_holdout")}
     for part, n in counts.items():
         if n is None:
             raise DsmError(f"data.n_{part}: required for source gsm (a synthetic source has no 'all')")
 
     def chunks(part, n):
-        code = {"train": 0, "test": 1}[part]
+        code = {"train": 0, "test": 1, "holdout": 2}[part]     # one seed stream per part
         for b in range(0, -(-n // block)):
             count = min(block, n - b * block)
             rng = np.random.default_rng(np.random.SeedSequence([int(g["seed"]), code, b]))

@@ -1,6 +1,10 @@
 """The prepared image store: the one on-disk form every data source is written to.
 
-A prepared dataset is a directory ``DIR`` with two parts, ``DIR/train`` and ``DIR/test``:
+A prepared dataset is a directory ``DIR`` with three parts, ``DIR/train``, ``DIR/test`` and
+``DIR/holdout``. ``holdout`` holds ``data.n_holdout`` images of the training distribution
+that are never trained on and never scored (the normalization set of the constant):
+synthetic sources draw them from a seed stream of their own, real sources take the last
+``n_holdout`` images of their training split (which ``train`` then excludes). Each part:
 
 * ``pixels.npy``    (n, C, H, W); uint8 for 8-bit sources (scaled by 1/255 on read) or
   float32 for synthetic sources (``field``, ``gsm``: stored as is, never clipped).
@@ -38,8 +42,8 @@ import numpy as np
 from dsm.errors import DsmError
 from dsm.io import json_default
 
-FORMAT = "dsm-store/1"
-PARTS = ("train", "test")
+FORMAT = "dsm-store/2"             # /2: the holdout part
+PARTS = ("train", "test", "holdout")
 
 
 @dataclass
@@ -67,7 +71,7 @@ class PartPlan:
 # --- reading -------------------------------------------------------------------------
 
 class Store:
-    """One part (train or test) of a prepared store, memory-mapped.
+    """One part (train, test or holdout) of a prepared store, memory-mapped.
 
     ``len(store)`` images of shape ``store.shape`` = (C, H, W), ``store.d`` = C*H*W.
     """
@@ -142,6 +146,9 @@ def open_store(path, part: str | None = None) -> Store:
     if part is not None:
         if part not in PARTS:
             raise DsmError(f"store part must be one of {PARTS}, got {part!r}")
+        if not (path / part).exists() and (path / "train").is_dir():
+            raise DsmError(f"{path}: prepared store has no {part} part (an older store format); "
+                           f"re-run `dsm prepare`")
         path = path / part
     if not path.exists():
         raise DsmError(f"{path}: prepared store not found; run `dsm prepare`")
