@@ -283,14 +283,10 @@ HEADLINE_ROWS = {   # headline file -> (total, its standard error) in the totals
 def headline(totals: dict) -> dict:
     """The headline numbers of the budget, one row per term: ``{norm, time, space, score
     (time + space), predicted (norm + score), direct (measured at t = 0)}``, each
-    ``{err_db_per_dim, se_db_per_dim}`` (log p error, model - exact, dB/dim); and the
-    range of κ(t) over the checked noise levels (``kappa_min``, ``kappa_max``); null where
-    the source has no exact density."""
-    rows = {row: {"err_db_per_dim": totals.get(v), "se_db_per_dim": totals.get(se)}
+    ``{err_db_per_dim, se_db_per_dim}`` (log p error, model - exact, dB/dim); null where the
+    source has no exact density."""
+    return {row: {"err_db_per_dim": totals.get(v), "se_db_per_dim": totals.get(se)}
             for row, (v, se) in HEADLINE_ROWS.items()}
-    check = totals.get("kappa_check") or {}
-    rows["kappa"] = {"min": check.get("min"), "max": check.get("max")}
-    return rows
 
 
 def kappa_table(model, exact, test, p: dict, t_train: float, big_t: float) -> dict:
