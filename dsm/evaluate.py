@@ -30,7 +30,7 @@ from dsm.errors import DsmError
 from dsm.io import (atomic_path, check_finite, code_version, read_json, sha256_file, sha256_json,
                     write_json)
 from dsm.modelfile import load_energy_model
-from dsm.normalization import device_of, normalization_constant
+from dsm.normalization import MAX_COVARIANCE_DIM, device_of, normalization_constant
 from dsm.runtime import image_noise, stage_threads
 
 # The per-image Parquet schema (one row per image and model); see docs/DESIGN.md.
@@ -40,7 +40,8 @@ ROW_COLUMNS = [
     ("t", "float64"),
     ("d", "int64"), ("energy_nats", "float64"), ("nats_per_dim", "float64"),
     ("logp_db_per_dim", "float64"), ("nll_bits_per_dim", "float64"),
-    ("norm_const_nats", "float64"), ("exact_energy_nats", "float64"),
+    ("norm_const_nats", "float64"), ("norm_t", "float64"), ("norm_entropy", "string"),
+    ("norm_images", "string"), ("exact_energy_nats", "float64"),
     ("exact_logp_db_per_dim", "float64"), ("checkpoint_sha256", "string"),
     ("params_sha256", "string"), ("code_version", "string"),
 ]
@@ -235,45 +236,88 @@ def _store_batches(store, idx: np.ndarray, batch_size: int, columns: dict) -> It
         yield cols, store.images(sel)
 
 
+NORM_SET = "holdout"   # the store part of the normalization images: never trained on, never scored
+
+
 def normalize_from_params(cfg: dict, model, data, out, device=None) -> dict:
     """Write the normalization constant of ``model`` (model.pt) to JSON ``out``.
 
-    Uses the first ``evaluate.n_norm`` images of the store's ``test`` part, one noise draw
-    each at the noise level ``evaluate.norm_t`` (null: the model's training ``t_max``; seed
-    ``evaluate.noise_seed``); the Gaussian entropy there per ``evaluate.norm_entropy``
-    (dsm.normalization). The JSON's ``t_max`` is that level.
+    Uses the first ``evaluate.n_norm`` images of the store's ``holdout`` part (images of the
+    training distribution that no model trains on and no stage scores), one noise draw
+    each (seed ``evaluate.noise_seed``) at the noise level T = ``evaluate.norm_t`` (null:
+    the model's training ``t_max``), with the Gaussian entropy there per
+    ``evaluate.norm_entropy`` (dsm.normalization). The JSON's ``t_max`` is T.
+
+    The self-consistency check: the constant read at T and at every level of
+    ``evaluate.norm_check_t`` within the model's training range, with the entropy form
+    ``evaluate.norm_check_entropy`` (``check``: T, c, its SE; ``check_entropy``), and the
+    spread of those constants in dB/dim (``check_spread_db_per_dim``). A model whose time
+    score carries the change of log p with t gives the same c at every T; the check needs
+    no exact density, so it applies to real images too.
     """
     ecfg = _ecfg(cfg)
     stage_threads(cfg, "evaluate")
     dev_spec = device if device is not None else cfg.get("device", "auto")
     net, payload, dev = load_energy_model(model, dev_spec)
-    # the noise level T of the constant: evaluate.norm_t, else the model's training t_max
-    t_max = float(payload["config"]["train"]["t_max"])
-    if ecfg.get("norm_t") is not None:
-        t_max = float(ecfg["norm_t"])
-    store = _store(data, "test")
+    t_train = float(payload["config"]["train"]["t_max"])
+    t_min = float(payload["config"]["train"].get("t_min", 0.0))
+    t_max = t_train if ecfg.get("norm_t") is None else float(ecfg["norm_t"])
+    store = _holdout_store(data)
     n = min(int(ecfg.get("n_norm", len(store))), len(store))
     bs = int(ecfg.get("batch_size", 256))
     seed = int(ecfg.get("noise_seed", 0))
     if tuple(store.shape) != tuple(payload["shape"]):
         raise DsmError(f"{store.path}: images {tuple(store.shape)} do not match the model's {tuple(payload['shape'])}")
-    images = (store.images(np.arange(i, min(n, i + bs))) for i in range(0, n, bs))
     entropy = str(ecfg.get("norm_entropy", "isotropic"))
-    result = normalization_constant(net, images, t_max, seed, entropy=entropy, batch_size=bs, device=dev)
-    check_finite(result["c_nats"], f"{model}: normalization constant c_nats (non-finite model energies)")
+
+    def constant(level: float, form: str) -> dict:
+        images = (store.images(np.arange(i, min(n, i + bs))) for i in range(0, n, bs))
+        r = normalization_constant(net, images, level, seed, entropy=form, batch_size=bs, device=dev)
+        check_finite(r["c_nats"], f"{model}: normalization constant c_nats at T = {level:g} "
+                                  f"(non-finite model energies)")
+        return r
+
+    result = constant(t_max, entropy)
+    d = int(result["d"])
+    # the check reads c at lower T too, where only the data-covariance Gaussian is accurate
+    # enough (an isotropic one errs by about v/(2T) per pixel); beyond MAX_COVARIANCE_DIM
+    # the data-variance one
+    check_form = str(ecfg.get("norm_check_entropy", "data_covariance"))
+    if check_form == "data_covariance" and d > MAX_COVARIANCE_DIM:
+        check_form = "data_variance"
+    levels = sorted({float(v) for v in ecfg.get("norm_check_t") or []
+                     if t_min <= float(v) <= t_train * (1 + 1e-9)} | {t_max})
+    check = [{"t": lv, "c_nats": r["c_nats"], "c_sem_nats": r["c_sem_nats"],
+              "c_db_per_dim": -float(units.logp_db_per_dim(r["c_nats"], d))}
+             for lv, r in ((lv, result if (lv == t_max and check_form == entropy)
+                            else constant(lv, check_form)) for lv in levels)]
+    cs = [row["c_nats"] for row in check]
     result.update({
-        "method": ("one-shot: H - mean U(x + sqrt(T) z, T) over test images at T = t_max, H the "
-                   "entropy of " + {"isotropic": "N(mean, T I)",
-                                    "data_variance": "N(mean, (v + T) I), v the images' variance per pixel",
-                                    "data_covariance": "N(mean, S + T I), S the images' covariance"}[entropy]),
+        "method": ("one-shot: H - mean U(x + sqrt(T) z, T) over held-out images at T, H the entropy of "
+                   + {"isotropic": "N(mean, T I)",
+                      "data_variance": "N(mean, (v + T) I), v the images' variance per pixel",
+                      "data_covariance": "N(mean, S + T I), S the images' covariance"}[entropy]),
+        "images": NORM_SET, "check": check, "check_entropy": check_form,
+        "check_spread_db_per_dim": -float(units.logp_db_per_dim(max(cs) - min(cs), d)),
         "model": str(model), "model_sha256": sha256_file(model), "data": str(store.path),
         "params_sha256": sha256_json(cfg), "code_version": code_version(),
         "model_config_sha256": payload.get("config_sha256"),
     })
     write_json(out, result)
-    print(f"normalize: c = {result['c_nats']:.6g} nats (± {result['c_sem_nats']:.2g}, "
-          f"{n} test images, t_max = {t_max:g}) -> {out}", file=sys.stderr)
+    print(f"normalize: c = {result['c_nats']:.6g} nats (± {result['c_sem_nats']:.2g}, {n} {NORM_SET} "
+          f"images, T = {t_max:g}); read at T = {', '.join(f'{lv:g}' for lv in levels)} it spreads by "
+          f"{result['check_spread_db_per_dim']:.3g} dB/dim -> {out}", file=sys.stderr)
     return result
+
+
+def _holdout_store(data):
+    from dsm.data.store import open_store
+
+    path = Path(data) / NORM_SET
+    if not (path / "meta.json").is_file():
+        raise DsmError(f"{data}: no '{NORM_SET}' part (the normalization images, never trained on nor "
+                       f"scored); prepare the store again with this version of `dsm prepare`")
+    return open_store(path)
 
 
 def evaluate_from_params(cfg: dict, model, norm, data, splits, n: int, split: str, out,
@@ -338,7 +382,10 @@ def _write_rows(cfg, out, sets, net, payload, model, norm_info, dev, bs, desc) -
     prov = payload.get("provenance", {})
     const = {"dataset": dataset, "N": prov.get("N"), "model_split": prov.get("split"),
              "seed": prov.get("base_seed"),
-             "norm_const_nats": float(norm_info["c_nats"]), "checkpoint_sha256": sha256_file(model),
+             "norm_const_nats": float(norm_info["c_nats"]), "norm_t": float(norm_info["t_max"]),
+             "norm_entropy": str(norm_info.get("entropy", "isotropic")),
+             "norm_images": str(norm_info.get("images", "test")),
+             "checkpoint_sha256": sha256_file(model),
              "params_sha256": sha256_json(cfg), "code_version": code_version()}
     total = sum(len(idx) for _, _, idx in sets)
     with ParquetStream(out, row_schema()) as writer, \

@@ -76,10 +76,15 @@ def dual_score_matching_loss(model, x: torch.Tensor, t: torch.Tensor, z: torch.T
 
 def denoising_score_matching_loss(model, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor,
                                   reduction: str = "mean") -> dict:
-    """DSM alone with the model's score s(y, t) (score-only baseline); dict(loss, dsm)."""
+    """DSM alone; dict(loss, dsm). The score is the score-only model's s(y, t) or, for an
+    energy model (``train.loss: dsm`` on ``model.kind: energy``: single score matching, the
+    control that shows what the time score adds), ∇_y U kept differentiable."""
     d = x[0].numel()
     tb = t.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
     y = x + tb.sqrt() * z
-    s = model.score(y, t.to(x.dtype))
+    if hasattr(model, "energy"):
+        _, s, _ = _energy_and_scores(model, y, t.to(x.dtype))
+    else:
+        s = model.score(y, t.to(x.dtype))
     dsm = (tb.sqrt() * s - z).flatten(1).pow(2).sum(1) / d
     return _reduce({"loss": dsm, "dsm": dsm}, reduction)

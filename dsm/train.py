@@ -168,6 +168,8 @@ def train_from_params(cfg: dict, data, splits, n, split: str, out, seed: int = 0
         if not isinstance(cfg.get(key), dict):
             raise DsmError(f"params: section '{key}' missing")
     tcfg = dict(cfg["train"])
+    if split == FULL and (cfg.get("full") or {}).get("lr") is not None:
+        tcfg["lr"] = float(cfg["full"]["lr"])    # the full models' own rate (full.lr)
     pairing = tcfg.pop("pairing", "independent")
     tcfg["seed"] = model_seed(seed, 0 if split == FULL else n, split, pairing)
     model_cfg = dict(cfg["model"], **({"kind": kind} if kind else {}))

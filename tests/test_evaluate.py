@@ -190,7 +190,8 @@ def pipeline(tmp_path_factory):
                   "t_max": 1e3, "hflip": True, "checkpoint_every": 3, "log_every": 3, "seed": 0,
                   "flush_denormal": True, "threads": 1, "progress": False},
         "resources": {"train": {"threads": 1}, "evaluate": {"threads": 1}},
-        "evaluate": {"n_norm": 12, "batch_size": 5, "max_per_set": 8, "noise_seed": 0},
+        "evaluate": {"n_norm": 12, "batch_size": 5, "max_per_set": 8, "noise_seed": 0,
+                     "norm_check_t": [0.01, 0.1, 1.0, 10.0, 100.0]},
     }
     data = root / "data"
     prepare(cfg["data"], data)
@@ -211,6 +212,22 @@ def test_normalize_and_evaluate_from_params(pipeline):
     assert saved["model_sha256"] == sha256_file(model) and saved["t_max"] == 1e3
     for key in ("seed", "c_sem_nats", "params_sha256", "code_version"):
         assert key in saved
+    # the images are the store's holdout part (never trained on, never scored)
+    assert saved["images"] == "holdout" and saved["data"].endswith("holdout")
+    from dsm.data import open_store
+    from dsm.normalization import normalization_constant as nc
+    from dsm.modelfile import load_model
+    net = load_model(model)[0]
+    again = nc(net, open_store(data / "holdout").images(np.arange(12)), 1e3, seed=0)
+    assert again["c_nats"] == pytest.approx(saved["c_nats"], rel=1e-7)   # batching: float32 sums
+    # the check: the schema's levels within [t_min, t_max], T included, and their spread
+    levels = [row["t"] for row in saved["check"]]
+    assert levels == [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0]
+    assert saved["check_entropy"] == "data_covariance"
+    cs = [row["c_nats"] for row in saved["check"]]
+    assert saved["check_spread_db_per_dim"] == pytest.approx(10 * (max(cs) - min(cs)) / (64 * math.log(10)))
+    at_t = nc(net, open_store(data / "holdout").images(np.arange(12)), 0.1, seed=0, entropy="data_covariance")
+    assert saved["check"][1]["c_nats"] == pytest.approx(at_t["c_nats"], rel=1e-7)
 
     out = root / "eval.parquet"
     evaluate_from_params(cfg, model=model, norm=root / "norm.json", data=data,
@@ -224,11 +241,27 @@ def test_normalize_and_evaluate_from_params(pipeline):
     assert (df["N"] == 10).all() and (df["model_split"] == "A").all() and (df["t"] == 0.0).all()
     assert (df["dataset"] == "field").all() and (df["checkpoint_sha256"] == sha256_file(model)).all()
     assert np.allclose(df["norm_const_nats"], norm["c_nats"])
+    assert (df["norm_t"] == 1e3).all() and (df["norm_images"] == "holdout").all()
+    assert (df["norm_entropy"] == "isotropic").all()
     assert np.allclose(df["logp_db_per_dim"], units.logp_db_per_dim(df["energy_nats"], 64))
     assert np.allclose(df["nll_bits_per_dim"], units.nll_bits_per_dim_8bit(df["energy_nats"], 64))
     assert df["exact_energy_nats"].notna().all()
     assert np.allclose(df["exact_logp_db_per_dim"], units.logp_db_per_dim(df["exact_energy_nats"], 64))
     assert df.groupby("image_set")["image_id"].apply(lambda s: s.is_unique).all()
+
+
+def test_normalize_needs_the_holdout_part(pipeline, tmp_path):
+    import shutil
+
+    from dsm.evaluate import normalize_from_params
+
+    cfg, root, data, model = pipeline
+    old = tmp_path / "old"
+    shutil.copytree(data, old)
+    shutil.rmtree(old / "holdout")
+    with pytest.raises(DsmError, match="no 'holdout' part"):
+        normalize_from_params(cfg, model=model, data=old, out=tmp_path / "n.json")
+    assert not (tmp_path / "n.json").exists()
 
 
 def test_evaluate_rejects_stale_norm_and_wrong_model(pipeline, tmp_path):

@@ -299,3 +299,39 @@ def test_hflip_flips_half(tmp_path):
     x = b(0, torch.Generator().manual_seed(0))
     flipped = (x[:, 0, 0, 0] == 1.0).float().mean().item()
     assert 0.4 < flipped < 0.6
+
+
+def test_ema_is_the_running_average_and_survives_resume(setup, tmp_path):
+    """train.ema: the run ends with the EMA of the parameters, e_k = d e_{k-1} + (1 - d) p_k
+    (e_0 = the initial weights), computed here by hand from a plain run's weights after each
+    step; a run interrupted by SIGUSR1 and resumed ends with the same EMA, bit for bit."""
+    decay, ns = 0.9, setup
+    model = ns["make_model"]()
+    ema = [p.detach().clone() for p in model.parameters()]
+
+    def recording(step, g):   # called before step `step`: the weights after `step` steps
+        if step > 0:
+            with torch.no_grad():
+                for e, p in zip(ema, model.parameters()):
+                    e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        return ns["next_batch"](step, g)
+
+    fit(model, recording, ns["CFG"], tmp_path / "plain")
+    with torch.no_grad():
+        for e, p in zip(ema, model.parameters()):   # the last step's weights
+            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+    got, _ = ns["run"](tmp_path / "ema", ema=decay)
+    for e, p in zip(ema, got.parameters()):
+        assert torch.allclose(p, e, rtol=1e-5, atol=1e-7)
+    assert any(not torch.equal(a, b) for a, b in zip(got.parameters(), model.parameters()))
+
+    def interrupt(step, g):
+        if step == 10:
+            os.kill(os.getpid(), signal.SIGUSR1)   # arrives during step 11
+        return ns["next_batch"](step, g)
+
+    with pytest.raises(SystemExit):
+        fit(ns["make_model"](), interrupt, dict(ns["CFG"], ema=decay), tmp_path / "resume")
+    again, result = ns["run"](tmp_path / "resume", ema=decay)
+    assert result.resumed_from == 11
+    assert_same_params(again.state_dict(), got.state_dict())

@@ -291,6 +291,27 @@ def headline(totals: dict) -> dict:
             for row, (v, se) in HEADLINE_ROWS.items()}
 
 
+def kappa_table(model, exact, test, p: dict, t_train: float, big_t: float) -> dict:
+    """κ(t) (dsm.analysis.timescore) of the model on ``bias.kappa`` settings: noise levels
+    10^log10_t log-spaced (``points``), capped at the model's training t_max, on the first
+    ``n_images`` test images; and its range over the checked levels, ``check_from`` <= t
+    <= T (the normalization level). Returns ``{"kappa": [rows], "kappa_check": {...}}``."""
+    from dsm.analysis.timescore import kappa_curve
+
+    k = p.get("kappa") or {}
+    lo, hi = (float(v) for v in k.get("log10_t", (-4.0, 2.0)))
+    grid = np.logspace(lo, hi, int(k.get("points", 13)))
+    grid = grid[grid <= t_train * (1 + 1e-9)]
+    n = min(int(k.get("n_images", 256)), len(test))
+    df = kappa_curve(model, exact, test.images(np.arange(n)), grid, seed=int(p["seed"]))
+    lo_check = float(k.get("check_from", 0.1))
+    sel = df[(df["t"] >= lo_check * (1 - 1e-9)) & (df["t"] <= big_t * (1 + 1e-9))]
+    check = {"from_t": lo_check, "to_t": big_t, "n_levels": int(len(sel)),
+             "min": float(sel["kappa"].min()) if len(sel) else None,
+             "max": float(sel["kappa"].max()) if len(sel) else None}
+    return {"kappa": df.to_dict("records"), "kappa_check": check}
+
+
 def bias_from_params(cfg: dict, model, norm, data, out_csv, out_json, out_metrics=None) -> dict:
     """`dsm bias`: the budget of the full model against the exact density of its data.
 
@@ -344,6 +365,7 @@ def bias_from_params(cfg: dict, model, norm, data, out_csv, out_json, out_metric
                      c_nats=float(norm_info["c_nats"]))
     forms = normalization_error(exact, big_t, images=x[: min(n, 1000)], n=20_000, seed=int(p["seed"]))
     totals = summarize(df)
+    kappa = kappa_table(net, exact, test, p, float(payload["config"]["train"]["t_max"]), big_t)
     result = {
         "available": True,
         "units": "log p error, model - exact, dB/dim (positive: the model's log p is too high)",
@@ -352,6 +374,7 @@ def bias_from_params(cfg: dict, model, norm, data, out_csv, out_json, out_metric
         "n_images": n, "n_noise": int(p["n_noise"]), "n_t": int(p["n_t"]), "t_low": float(p["t_low"]),
         "normalization_forms_at_t_norm": {r["form"]: r["logp_err_db_per_dim"]
                                           for r in forms.to_dict("records")},
+        **kappa,
         "model_sha256": sha256_file(model), "code_version": code_version(),
     }
     write_text(out_csv, df.to_csv(index=False))

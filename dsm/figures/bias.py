@@ -10,7 +10,10 @@ exact density of the `field` source:
    the log p offset accumulated by t; at the left edge, the score part of the bias; the
    normalization's own error and the directly measured error are marked;
 3. the denoiser's MSE per pixel: the model's excess over the exact (MMSE) denoiser, and
-   the MMSE itself.
+   the MMSE itself;
+4. κ(t) (dsm.analysis.timescore): the share of the y-independent part of
+   dE[log p(y, t)]/d ln t that the model carries (1 = as the exact density), ±2 SE, the
+   band [0.9, 1.1], the checked range of t shaded.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ def plot_bias(df: pd.DataFrame, totals: dict, path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     t = df["t"].to_numpy()
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), constrained_layout=True)
+    kappa = pd.DataFrame(totals.get("kappa") or [])
+    ncols = 4 if len(kappa) else 3
+    fig, axes = plt.subplots(1, ncols, figsize=(3.7 * ncols, 3.4), constrained_layout=True)
     ax = axes[0]
     for col, label, color in (("ts_err", "time score (t/d)(∂tUθ − ∂tU)", "tab:red"),
                               ("ss_err", "space score (√t/2d)⟨∇Uθ − ∇U, z⟩", "tab:blue")):
@@ -71,11 +76,33 @@ def plot_bias(df: pd.DataFrame, totals: dict, path, title: str = "") -> None:
     ax.set_ylabel("squared error per pixel")
     ax.set_title("denoising error", fontsize=9)
     ax.legend(fontsize=7)
+    if len(kappa):
+        _plot_kappa(axes[3], kappa, totals.get("kappa_check") or {})
     for a in axes:
         a.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     save_figure(fig, path)
+
+
+def _plot_kappa(ax, kappa: pd.DataFrame, check: dict) -> None:
+    t, k, se = (kappa[c].to_numpy(dtype=float) for c in ("t", "kappa", "kappa_se"))
+    ax.axhspan(0.9, 1.1, color="0.9", lw=0, label="0.9 ... 1.1")
+    if check.get("from_t") and check.get("to_t"):
+        ax.axvspan(check["from_t"], check["to_t"], color="tab:orange", alpha=0.08, lw=0,
+                   label="checked range")
+    ax.plot(t, k, "o-", color="k", ms=3, lw=1.2, label="κ(t) of the model")
+    ax.fill_between(t, k - 2 * se, k + 2 * se, color="k", alpha=0.15, lw=0)
+    ax.axhline(1, color="k", lw=0.5, ls=":")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_ylim(min(-0.1, np.nanmin(k - 2 * se) - 0.05), max(1.3, np.nanmax(k + 2 * se) + 0.05))
+    ax.set_xlabel("noise variance t")
+    ax.set_ylabel("κ = slope of E[U − ½⟨y, ∇U⟩], model / exact")
+    lo, hi = check.get("min"), check.get("max")
+    rng = f"\nover the checked range: {lo:.2f} ... {hi:.2f}" if lo is not None else ""
+    ax.set_title("the y-independent part carried by the time score" + rng, fontsize=8)
+    ax.legend(fontsize=7, loc="lower left")
 
 
 def fig_bias_from_params(cfg: dict, table, totals, out) -> None:

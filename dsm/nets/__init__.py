@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dsm.errors import DsmError
 from dsm.nets.energy import EnergyModel, ScoreModel
+from dsm.nets.offset import OFFSETS, build_offset
 from dsm.nets.unet import UNet, build_network
 
 MODEL_KINDS = ("energy", "score")
@@ -31,6 +32,10 @@ def build_model(model_cfg: dict, channels: int, image_size: int):
                       same values and gradients (tests/test_objectives.py)  [fused]
       grad_mode       autograd | embedding: how the energy model computes ∂_t U for
                       training (same result; see EnergyModel)  [autograd]
+      offset          off | analytic | learned: the energy's y-independent term c(t)
+                      (dsm.nets.offset)                     [off]
+      offset_variance analytic offset: v of (d/2) ln(t + v)  [0]
+      offset_hidden   learned offset: hidden width of its MLP  [64]
     image_size must be divisible by 2**len(widths) (DsmError otherwise).
     """
     cfg = dict(model_cfg or {})
@@ -43,7 +48,10 @@ def build_model(model_cfg: dict, channels: int, image_size: int):
     grad_mode = cfg.get("grad_mode", "autograd")
     if grad_mode not in EnergyModel.GRAD_MODES:
         raise DsmError(f"model.grad_mode: unknown value {grad_mode!r} (expected one of {EnergyModel.GRAD_MODES})")
-    return EnergyModel(net, grad_mode=grad_mode)
+    offset = build_offset(str(cfg.get("offset", "off")), net.embed.dim,
+                          float(cfg.get("offset_variance", 0.0)), int(cfg.get("offset_hidden", 64)))
+    return EnergyModel(net, grad_mode=grad_mode, offset=offset)
 
 
-__all__ = ["UNet", "EnergyModel", "ScoreModel", "build_network", "build_model", "MODEL_KINDS"]
+__all__ = ["UNet", "EnergyModel", "ScoreModel", "build_network", "build_model", "MODEL_KINDS",
+           "OFFSETS"]

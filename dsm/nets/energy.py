@@ -1,7 +1,9 @@
 """Energy and score-only wrappers around a network s(y, t) (docs/method.md#energy-from-a-score-network).
 
-EnergyModel:  U(y, t) = ½ <y, s(y, t)> summed over all non-batch axes (nats, up to a
-              constant), ∇_y U and ∂_t U by autograd, denoiser x̂ = y - t ∇_y U.
+EnergyModel:  U(y, t) = ½ <y, s(y, t)> + c(t), the first term summed over all non-batch
+              axes (nats, up to a constant); c(t) the optional y-independent term
+              (dsm.nets.offset; none by default); ∇_y U and ∂_t U by autograd, denoiser
+              x̂ = y - t ∇_y U.
 ScoreModel:   the score-only baseline, s(y, t) used directly, x̂ = y - t s.
 
 Shapes: y (B, ...) (images (B, C, H, W) for the UNet, vectors (B, d) for other nets),
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from dsm.nets.offset import AnalyticOffset
 
 
 def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -28,22 +32,45 @@ class EnergyModel(nn.Module):
                    then ∂_t U = <∂U/∂emb, d emb/dt> with d emb/dt by forward mode through
                    the small embedding MLP only (nets exposing .embed/.forward_emb).
     Both give the same values and the same parameter gradients (tests/test_objectives.py).
+
+    offset: None, or a module ``offset(t, emb, d) -> (B,)`` (dsm.nets.offset): the
+    y-independent term c(t). A learned one reads the network's noise embedding, so the
+    network must expose ``forward_and_embedding`` (the UNet does).
     """
 
     GRAD_MODES = ("autograd", "embedding")
 
-    def __init__(self, net: nn.Module, grad_mode: str = "autograd"):
+    def __init__(self, net: nn.Module, grad_mode: str = "autograd", offset: nn.Module | None = None):
         super().__init__()
         self.net = net
         if grad_mode not in self.GRAD_MODES:
             raise ValueError(f"grad_mode: expected one of {self.GRAD_MODES}, got {grad_mode!r}")
         self.grad_mode = grad_mode
+        needs_emb = offset is not None and not isinstance(offset, AnalyticOffset)
+        if needs_emb and not hasattr(net, "forward_and_embedding"):
+            raise ValueError(f"a learned offset needs the network's noise embedding "
+                             f"({type(net).__name__} has no forward_and_embedding)")
+        self.offset = offset
+        self._offset_needs_emb = needs_emb
 
     def energy(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(B, ...), (B,) -> (B,) energy in nats (unnormalized). No gradient is needed:
         this is the one-shot log p evaluation (works under torch.inference_mode)."""
-        s = self.net(y, t)
-        return 0.5 * (y * s).flatten(1).sum(1)
+        if self.offset is None:
+            return 0.5 * (y * self.net(y, t)).flatten(1).sum(1)
+        emb = None
+        if self._offset_needs_emb:
+            s, emb = self.net.forward_and_embedding(y, t)
+        else:
+            s = self.net(y, t)
+        return 0.5 * (y * s).flatten(1).sum(1) + self.offset(t.to(y.dtype), emb, y[0].numel())
+
+    def offset_energy(self, t: torch.Tensor, d: int) -> torch.Tensor:
+        """c(t) (B,) in nats (zeros without an offset), for diagnostics."""
+        if self.offset is None:
+            return torch.zeros_like(t)
+        emb = self.net.embedding(t, t.dtype) if self._offset_needs_emb else None
+        return self.offset(t, emb, d)
 
     forward = energy
 
@@ -74,8 +101,14 @@ class EnergyModel(nn.Module):
         emb_leaf = emb if emb.requires_grad else emb.detach().requires_grad_(True)
         s = self.net.forward_emb(y, emb_leaf)
         u = 0.5 * (y * s).flatten(1).sum(1)
+        d = y[0].numel()
+        if self._offset_needs_emb:
+            u = u + self.offset(t, emb_leaf, d)   # its t-dependence goes through emb
         gy, gemb = torch.autograd.grad(u.sum(), (y, emb_leaf), create_graph=create_graph)
         gt = (gemb * demb).sum(1)
+        if isinstance(self.offset, AnalyticOffset):  # t-dependence outside the embedding
+            u = u + self.offset(t, None, d)
+            gt = gt + self.offset.time_derivative(t, d)
         return (u, gy, gt) if create_graph else (u.detach(), gy, gt)
 
     def score(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -228,11 +228,17 @@ class UNet(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), emb, gains)
         return h
 
-    def forward(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward_and_embedding(self, y: torch.Tensor, t: torch.Tensor):
+        """(s (B, C, H, W), the noise embedding (B, emb_dim)), for heads that read the
+        embedding (the energy's learned y-independent term)."""
         self.check_input(y)
         if t.shape != (y.shape[0],):
             raise DsmError(f"UNet: t must have shape (B,) = ({y.shape[0]},), got {tuple(t.shape)}")
-        return self.forward_emb(y, self.embedding(t, y.dtype))
+        emb = self.embedding(t, y.dtype)
+        return self.forward_emb(y, emb), emb
+
+    def forward(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.forward_and_embedding(y, t)[0]
 
 
 def build_network(model_cfg: dict, channels: int, image_size: int) -> UNet:
