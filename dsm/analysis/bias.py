@@ -284,11 +284,17 @@ def headline(totals: dict) -> dict:
     """The headline numbers of the budget, one file per term: ``<term>_err_db_per_dim`` for
     norm, time, space, score (time + space), predicted (norm + score) and direct (measured
     at t = 0), each a :class:`dsm.headline.Metric` (log p error, model - exact, dB/dim, and
-    its standard error); null where the source has no exact density."""
+    its standard error); null where the source has no exact density. With the κ check,
+    ``kappa_min_ratio`` and ``kappa_max_ratio``: κ's range over the checked noise levels (``n``)."""
     from dsm.headline import Metric
 
-    return {f"{row}_err_db_per_dim": Metric(totals.get(v), se=totals.get(se))
-            for row, (v, se) in HEADLINE_ROWS.items()}
+    out = {f"{row}_err_db_per_dim": Metric(totals.get(v), se=totals.get(se))
+           for row, (v, se) in HEADLINE_ROWS.items()}
+    check = totals.get("kappa_check")
+    if check:           # the share of the entropy change the time score carries, check_from <= t <= T
+        out["kappa_min_ratio"] = Metric(check.get("min"), n=check.get("n_levels"))
+        out["kappa_max_ratio"] = Metric(check.get("max"), n=check.get("n_levels"))
+    return out
 
 
 def kappa_table(model, exact, test, p: dict, t_train: float, big_t: float) -> dict:

@@ -42,6 +42,7 @@ METRIC_UNITS = {
     "pearson_r": "Pearson correlation (dimensionless)",
     "spearman_rho": "Spearman rank correlation (dimensionless)",
     "_fraction": "fraction (dimensionless)",
+    "_ratio": "ratio (dimensionless; kappa: model slope / exact slope)",
     "_count": "count",
 }
 
