@@ -804,17 +804,25 @@ def render_all(root, scale: str, names=None) -> str:
 MARKER = re.compile(r"^<!-- (/?)summary:([^ >]*) -->[ \t]*$", re.M)   # a marker is a line of its own
 
 
+def split_name(name: str) -> tuple[str, str | None]:
+    """``NAME`` or ``NAME@SCALE`` of a marker: the table and the scale it names (None: the
+    scale the command was given)."""
+    table, _, scale = name.partition("@")
+    return table, (scale or None)
+
+
 def marked_blocks(text: str, source: str = "document") -> list[tuple[str, int, int]]:
     """(name, start, end) of every marked block: the content between the end of the line
     ``<!-- summary:NAME -->`` and the start of the line ``<!-- /summary:NAME -->`` (a
-    marker quoted within a line of text is text). Unpaired or
+    marker quoted within a line of text is text). ``NAME@SCALE`` renders the table of
+    another scale's run under the same root (e.g. ``table2@natural``). Unpaired or
     nested markers and unknown names are DsmErrors naming the marker and its line."""
     blocks, open_ = [], None
     for m in MARKER.finditer(text):
         line = text.count("\n", 0, m.start()) + 1
         closing, name = m.group(1) == "/", m.group(2)
         if not closing:
-            if name not in TABLES:
+            if split_name(name)[0] not in TABLES:
                 raise DsmError(f"{source}:{line}: unknown summary table {name!r} in marker "
                                f"{m.group(0)} (known: {', '.join(TABLES)})")
             if open_ is not None:
@@ -841,7 +849,8 @@ def update_text(text: str, root, scale: str, source: str = "document", cpu: str 
     cpu = cpu or cpu_description()
     out, pos = [], 0
     for name, start, end in blocks:
-        out += [text[pos:start], "\n", render(name, root, scale, cpu), "\n"]
+        table, own_scale = split_name(name)
+        out += [text[pos:start], "\n", render(table, root, own_scale or scale, cpu), "\n"]
         pos = end
     out.append(text[pos:])
     return "".join(out)

@@ -750,9 +750,12 @@ EXACT_SOURCES = ("field", "gsm")
 EXACT_ONLY = ("figures/bias.pdf",)
 
 
-def targets(source: str) -> tuple[str, ...]:
-    """What `snakemake all` builds for a scale whose ``data.source`` is ``source``."""
-    return tuple(t for t in TARGETS if source in EXACT_SOURCES or t not in EXACT_ONLY)
+def targets(source: str, skip=()) -> tuple[str, ...]:
+    """What `snakemake all` builds for a scale whose ``data.source`` is ``source``, less the
+    figures named in ``skip`` (the scale's ``all_skip``)."""
+    left_out = {f"figures/{name}.pdf" for name in skip}
+    return tuple(t for t in TARGETS
+                 if (source in EXACT_SOURCES or t not in EXACT_ONLY) and t not in left_out)
 
 
 def stage(name: str) -> Stage:

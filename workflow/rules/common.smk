@@ -54,7 +54,7 @@ else:
     RUN = config["run"]
 SCALE = RUN["name"]
 # the paper's figures and tables; the bias budget only for a source with an exact density
-ALL_TARGETS = [t.replace("{scale}", SCALE) for t in targets(RUN["data"]["source"])]
+ALL_TARGETS = [t.replace("{scale}", SCALE) for t in targets(RUN["data"]["source"], RUN.get("all_skip") or ())]
 
 # The software of the jobs under `--software-deployment-method conda` (clusters): their
 # dependencies, and a `dsm` command that runs this checkout (envs/dsm.post-deploy.sh).
