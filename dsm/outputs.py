@@ -50,7 +50,7 @@ from dsm.errors import DsmError
 # Argument destinations of the `dsm` subcommands that hold no path.
 NON_PATH_ARGUMENTS = frozenset({
     "command", "scale", "device", "column", "estimator", "prior", "split", "kind", "tool",
-    "overrides", "option", "func"})
+    "overrides", "option", "func", "stage", "option_dests", "table"})
 
 # Bytes a temporary name adds to a file's name: ".{name}.{pid}.{host}.{8 random}.tmp"
 # (dsm.io.temp_prefix); pid <= 7 digits, host <= 40 characters.

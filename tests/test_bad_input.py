@@ -172,7 +172,7 @@ def test_non_finite_numbers_in_the_params_file(tmp_path):
 
 
 @pytest.mark.parametrize("override,words", [
-    ("bias.t_low=1e3", "bias.t_low: 1000 must be below the normalization's level T = 10"),
+    ("bias.t_low=1e3", "bias.t_low: 1000 must be below the normalization's level T = 1"),
     ("bias.t_low=10", "bias.t_low: 10 must be below"),
     ("evaluate.norm_t=1 ", "bias.t_low"),                       # placeholder replaced below
     ("train.t_min=20", "train.t_min: 20 must be below train.t_max = 10"),

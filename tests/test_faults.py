@@ -530,4 +530,4 @@ def test_bad_key_through_a_yaml_merge_names_both_sections(tmp_path):
     msg = str(e.value)
     assert msg.startswith(f"{tmp_path / 'params.yaml'}: scales.paper.evaluate.bogus (line {ev + 2}; ")
     assert "inherited by scales.fashion-mnist" in msg and "scales.fashion-mnist.evaluate.bogus" in msg
-    assert msg.endswith("unknown key (known: n_norm, batch_size, max_per_set, noise_seed, norm_entropy, norm_t)")
+    assert msg.endswith("unknown key (known: n_norm, batch_size, max_per_set, noise_seed, norm_entropy, norm_t, norm_check_t, norm_check_entropy)")

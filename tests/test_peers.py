@@ -174,7 +174,7 @@ def test_table2_shows_costs_in_every_format():
     assert "42,899" in tex and "173 / 0.5" in tex
     back = pd.read_csv(__import__("io").StringIO(table2.to_csv(rows))).set_index("key")
     assert back.loc["gmm", "n_parameters"] == 42_899 and back.loc["gmm", "fit_cpu_seconds"] == 173.0
-    assert set(table2.headline(rows)) == {"model_8bit_shift", "gmm", "model_minus_gmm"}
+    assert set(table2.headline(rows)) == {"model_8bit_shift_bits_per_dim", "gmm_bits_per_dim", "model_minus_gmm_bits_per_dim"}
 
 
 def test_benchmark_cpu_seconds(tmp_path):

@@ -23,7 +23,9 @@ def expected_jobs(cfg: dict) -> dict:
     n_models = 2 * len(cfg["split"]["N"]) * len(cfg["seeds"])
     jobs = {name: n_models if s.per_model else 1 for name, s in STAGES.items()}
     if cfg["data"]["source"] not in EXACT_SOURCES:          # no bias budget without an exact density
-        jobs = {k: v for k, v in jobs.items() if k not in ("bias", "fig_bias")}
+        jobs = {k: v for k, v in jobs.items() if k not in ("bias", "fig_bias", "publish_bias")}
+    if "fig1" in (cfg.get("all_skip") or ()):               # Figure 1 left out of `all` at this scale
+        jobs = {k: v for k, v in jobs.items() if k not in ("fig1", "fig1_figure", "publish_fig1")}
     return {**jobs, "all": 1}
 
 

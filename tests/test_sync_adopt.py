@@ -95,12 +95,12 @@ def _edit(path: Path, keep_time: bool) -> None:
 
 @pytest.mark.parametrize("keep_time", [False, True])
 def test_a_hand_edited_final_output_is_not_adopted(project, keep_time):
-    loc = project / "g/loc.json"
+    loc = project / "g/loc_db_per_dim.json"
     _edit(loc, keep_time)
     assert "Nothing to be done" in snakemake(["--dry-run", "all"], project).stdout  # Snakemake is fooled
     edited = loc.read_bytes()
     line = error_line(sync(project))
-    assert "g/loc.json was changed after the command wrote it" in line and "not adopted" in line
+    assert "g/loc_db_per_dim.json was changed after the command wrote it" in line and "not adopted" in line
     assert not (project / "dvc.lock").exists() and loc.read_bytes() == edited
     # the remedy it names: a rerun of the stage, then the sync adopts
     snakemake(["--cores", "1", "--forcerun", "gumbel", "--", "all"], project)
