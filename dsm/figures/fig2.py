@@ -78,7 +78,9 @@ def plot_fig2(pairs: dict, metrics: dict, p: dict, path, title: str | None = Non
     # memorizing models' log p of unseen images can be far below everything else).
     clip = (lo, hi) if p["lim"] else None
     size = p["panel_size"]
-    fig, axes = plt.subplots(rows, len(ns), figsize=(size * len(ns), size * rows + 0.4),
+    # one or two panels: wide enough for the panel titles and the figure's title
+    width = max(size * len(ns), 4.5)
+    fig, axes = plt.subplots(rows, len(ns), figsize=(width, size * rows + 0.4),
                              squeeze=False, sharex=True, sharey=True, constrained_layout=True)
     by_n = (metrics or {}).get("by_N", {})
     for j, n in enumerate(ns):
@@ -116,7 +118,9 @@ def plot_fig2(pairs: dict, metrics: dict, p: dict, path, title: str | None = Non
         ax.set_aspect("equal")
         ax.tick_params(labelsize=7)
     if title:
-        fig.suptitle(title, fontsize=9)
+        import textwrap
+
+        fig.suptitle("\n".join(textwrap.wrap(title, width=int(width * 13))), fontsize=9)
     save_figure(fig, path)
 
 
