@@ -871,6 +871,6 @@ def update_files(paths, root, scale: str) -> list[Path]:
     changed = []
     for p, (old, text) in new.items():
         if text != old:
-            write_text(p, text)
+            write_text(p, text, replace_tracked=True)     # the documents are committed: only marked blocks change
             changed.append(p)
     return changed
