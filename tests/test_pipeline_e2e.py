@@ -313,16 +313,28 @@ def test_dvc_repro_end_to_end(tmp_path, snakemake_run):
     dvc(["repro"], repo, timeout=900, extra_env={"OMP_NUM_THREADS": "2"})
     check_results(repo)
     assert outputs_of(repo) == outputs_of(snakemake_run)
-    # bit-identical outputs whichever tool ran the stages (only Figure 1's details and the
-    # estimators' tables and figure hold timings: the estimators' other columns must agree)
+    # bit-identical outputs whichever tool ran the stages (only Figure 1's details, the
+    # estimators' tables and figure, the peers' fit and Table 2's cost columns hold timings;
+    # DVC writes no benchmark files, so Table 2's model CPU seconds are n/a there: every
+    # other column must agree)
     mine, theirs = content_hashes(repo), content_hashes(snakemake_run)
-    timed = ("fig1/details.json", "estimators.csv", "estimators-images.parquet", "figures/estimators.pdf")
+    timed = ("fig1/details.json", "estimators.csv", "estimators-images.parquet", "/estimators.pdf",
+             "peers/peers.json", "table2.csv", "table2.md", "table2.tex")
     differ = sorted(k for k in mine if mine[k] != theirs.get(k) and not k.endswith(timed))
     assert not differ, differ
-    for name, read in (("estimators.csv", pd.read_csv), ("estimators-images.parquet", pd.read_parquet)):
+    for name, read in (("estimators.csv", pd.read_csv), ("estimators-images.parquet", pd.read_parquet),
+                       ("table2.csv", pd.read_csv)):
         a, b = (read(r / f"results/{SCALE}/{name}") for r in (repo, snakemake_run))
         untimed = [c for c in a.columns if "seconds" not in c and "speedup" not in c and c != "images_per_second"]
         pd.testing.assert_frame_equal(a[untimed], b[untimed])
+
+    def untimed_json(obj):
+        if isinstance(obj, dict):
+            return {k: untimed_json(v) for k, v in obj.items() if not k.endswith("_seconds")}
+        return obj
+
+    a, b = (json.loads((r / f"results/{SCALE}/peers/peers.json").read_text()) for r in (repo, snakemake_run))
+    assert untimed_json(a) == untimed_json(b)
     assert json.loads(dvc(["status", "--json"], repo).stdout or "{}") == {}
     res = dvc(["repro"], repo)
     assert "Running stage" not in res.stdout, res.stdout

@@ -170,7 +170,7 @@ def check_written(root, stages: dict[str, list[str]]) -> None:
         if why is None:
             continue
         _, deps, cmd = table.get(stage, ([], [], ""))
-        if not cmd.startswith("dsm ") and _copy_of_vouched(root, out, deps, changed_paths):
+        if not cmd.startswith("dsm ") and _copy_of_vouched(root, out, deps, changed_paths, table):
             continue
         bad.append((stage, out, why))
     if bad:
@@ -183,14 +183,24 @@ def check_written(root, stages: dict[str, list[str]]) -> None:
                        f"(`snakemake --forcerun {rule} ...`) or restore it (`dvc checkout --force {out}`)")
 
 
-def _copy_of_vouched(root, out: str, deps: list[str], changed: set[str]) -> bool:
+def _copy_of_vouched(root, out: str, deps: list[str], changed: set[str], table: dict,
+                     depth: int = 0) -> bool:
+    """Whether ``out`` is a byte copy of a dependency that dvc.lock holds, that a ``dsm``
+    command wrote, or that is itself such a copy (a chain of copies: ``publish_fig1``
+    copies ``fig1_figure``'s copy of Figure 1)."""
     from dsm import outputs
 
     now = outputs.content_digest(Path(root) / out)
+    if now is None or depth > 8:
+        return False
     for dep in deps:
-        if now is None or outputs.content_digest(Path(root) / dep) != now:
+        if outputs.content_digest(Path(root) / dep) != now:
             continue
         if dep not in changed or outputs.verify_written(root, dep) is None:
+            return True
+        producer = next((v for v in table.values() if dep in v[0]), None)
+        if producer is not None and not producer[2].startswith("dsm ") and \
+                _copy_of_vouched(root, dep, producer[1], changed, table, depth + 1):
             return True
     return False
 
