@@ -8,6 +8,9 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 CORES   ?= 2
+# Both test tiers run on two pytest-xdist workers, one test module (the smoke build's
+# users: one group) per worker at a time (tests/conftest.py). PARALLEL= runs them serially.
+PARALLEL ?= -n 2 --dist loadgroup --no-loadscope-reorder
 
 .PHONY: venv figures report test test-all bench clean-venv
 
@@ -35,13 +38,13 @@ report: figures
 # `snakemake all` (tests/conftest.py); no system-wide side effect. Tests marked `tier2`
 # (pyproject.toml) are left to `make test-all`.
 test: venv
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -ra --durations=25 -m "not tier2" tests
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -ra --durations=25 $(PARALLEL) -m "not tier2" tests
 
 # Everything: adds DVC as the second tool, the kill sweep and (as root with apt-get) the
 # real SLURM cluster, which installs Debian packages and starts daemons (DSM_SLURM_TESTS=0
 # skips it).
 test-all: venv
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -ra --durations=25 tests
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -ra --durations=25 $(PARALLEL) tests
 
 bench: venv
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/step_time.py

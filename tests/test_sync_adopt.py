@@ -25,6 +25,9 @@ import pytest
 
 from test_pipeline_util import dvc, run, snakemake, tool
 
+# DVC as the second tool: the second tier (`make test-all`).
+pytestmark = pytest.mark.tier2
+
 SNAKEFILE = """\
 rule all:
     input: "copy.json"
