@@ -8,11 +8,10 @@ that use it must not change it, except the Snakemake <-> DVC round trip of test_
 changing any output, and a test that edits a file to ask for a dry run must restore its
 content and its modification time.
 
-Parallel runs (``make test`` and ``make test-all`` pass ``-n 2 --dist loadgroup`` to
-pytest-xdist): each test module is one group, run by one worker in file order, so a
-module's fixtures are built once; every module that uses ``smoke_all`` joins one group,
-``smoke``, so the shared build is made once and its users run one after another, exactly
-as in a serial run.
+Parallel runs (``make test`` and ``make test-all`` pass ``-n 2`` to pytest-xdist): the
+scheduler below sends each test module whole to one worker, so a module's fixtures are
+built once, and the modules that use ``smoke_all`` (SMOKE_MODULES) together to one worker,
+so the shared build is made once and its users run one after another, as in a serial run.
 """
 
 from __future__ import annotations
@@ -20,25 +19,38 @@ from __future__ import annotations
 import pytest
 
 SMOKE_GROUP = "smoke"
+# the modules that use smoke_all (checked at collection)
+SMOKE_MODULES = frozenset({"test_distribution_e2e.py", "test_estimators.py", "test_pipeline_e2e.py",
+                           "test_summary.py"})
 
 
-@pytest.hookimpl(tryfirst=True)
+def pytest_itemcollected(item):
+    """A test that uses ``smoke_all`` must be in one of SMOKE_MODULES (one worker)."""
+    if "smoke_all" in getattr(item, "fixturenames", ()) and item.path.name not in SMOKE_MODULES:
+        raise pytest.UsageError(f"{item.nodeid} uses smoke_all: add {item.path.name} to "
+                                "SMOKE_MODULES in tests/conftest.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Group the tests for ``--dist loadgroup`` (before xdist reads the groups); the
-    ``smoke`` group, the longest, first (with ``--no-loadscope-reorder``)."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
+    """The smoke group, the longest, first; file order otherwise."""
+    items.sort(key=lambda item: item.path.name not in SMOKE_MODULES)
 
-    def module(item):
-        mod = getattr(item, "module", None)
-        return mod.__name__ if mod is not None else item.nodeid.split("::")[0]
 
-    smoke_modules = {module(item) for item in items if "smoke_all" in getattr(item, "fixturenames", ())}
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            group = SMOKE_GROUP if module(item) in smoke_modules else module(item)
-            item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: module(item) not in smoke_modules)   # stable: file order kept
+def _group(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    return SMOKE_GROUP if module.rsplit("/", 1)[-1] in SMOKE_MODULES else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist: one test module per worker at a time; SMOKE_MODULES as one."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return _group(nodeid)
+
+    return ModuleGroups(config, log)
 
 
 @pytest.fixture(scope="session")
