@@ -10,7 +10,7 @@ BIN     := $(VENV)/bin
 CORES   ?= 2
 # Both test tiers run on two pytest-xdist workers, one test module (the smoke build's
 # users: one group) per worker at a time (tests/conftest.py). PARALLEL= runs them serially.
-PARALLEL ?= -n 2 --no-loadscope-reorder
+PARALLEL ?= -n 2 --no-loadscope-reorder    # pytest-xdist >= 3.8
 
 .PHONY: venv figures report test test-all bench clean-venv
 
