@@ -10,7 +10,7 @@ normalization constant c) or an exact density (:class:`ExactEnergy`, e.g. the ``
 source's FieldDensity) behind the same interface, so the exact density validates the
 integrators. ``x`` is a batch (B, C, H, W) (or (B, d)) of clean images.
 
-Conventions (docs/method.md#notation): t is a noise *variance*, y_t = x + √t z, d = C·H·W, U(y, t) the
+Conventions (docs/theory.md#notation): t is a noise *variance*, y_t = x + √t z, d = C·H·W, U(y, t) the
 energy (-log p(y | t) up to the constant c, the same at every t); ∇U = ∇_y U, ∂_t U the
 space and time scores, ΔU = tr ∇²_y U; x̂(y, t) = y - t ∇U (Miyasawa-Tweedie). The noisy
 densities solve the heat equation ∂_t p = ½ Δp, that is, for U = -log p,
@@ -22,7 +22,7 @@ T = t_max (the model's training ``t_max``). Signs: every quantity below is an en
 the project cites for the paper's appendix (arXiv 2506.05310); the formulas below are
 derived here from (H), Itô's formula and Stein's lemma, not copied.
 
-``one-shot`` (docs/method.md#one-shot-log-p): -log p(x) = U(x, 0) + c. One forward pass.
+``one-shot`` (docs/theory.md#one-shot-log-p): -log p(x) = U(x, 0) + c. One forward pass.
 
 ``ode`` (paper eq. 14, the probability-flow ODE). The flow dy/dt = -½ ∇_y log p_t(y) =
 ½ ∇U(y, t) carries p_0 to p_t, and along it, by (H),
@@ -341,7 +341,7 @@ def _mean_se(per_draw: torch.Tensor):
 # --- the estimators ---------------------------------------------------------------------
 
 def one_shot(field: EnergyField, x, *, keys=None, seed: int = 0, prior: Prior | None = None) -> Estimate:
-    """-log p(x) = U(x, 0) + c: one forward pass (docs/method.md#one-shot-log-p)."""
+    """-log p(x) = U(x, 0) + c: one forward pass (docs/theory.md#one-shot-log-p)."""
     x, keys, _ = _resolve(field, Prior("model") if prior is None else prior, keys, x)
     with _Clock(field) as clk:
         nll = field.energy(x, 0.0) + field.c_nats

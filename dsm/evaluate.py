@@ -1,4 +1,4 @@
-"""Normalization constant and per-image log p, streamed to Parquet (docs/method.md#normalization-constant, #one-shot-log-p).
+"""Normalization constant and per-image log p, streamed to Parquet (docs/theory.md#normalization-constant, #one-shot-log-p).
 
 * :func:`normalization_constant` — the one-shot estimate
   ``c = (d/2) ln(2πe t_max) - mean_i U(x_i + sqrt(t_max) z_i, t_max)`` (nats), so that

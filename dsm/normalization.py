@@ -1,4 +1,4 @@
-"""The normalization constant of a learned energy (docs/method.md#normalization-constant): one estimator for all.
+"""The normalization constant of a learned energy (docs/theory.md#normalization-constant): one estimator for all.
 
 The objective fixes U only up to a constant, and the time score makes that constant the
 same at every t. At a large noise variance t_max the noisy density is nearly Gaussian,

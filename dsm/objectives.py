@@ -1,4 +1,4 @@
-"""Noise-level sampling and the dual / denoising score matching losses (docs/method.md#objectives).
+"""Noise-level sampling and the dual / denoising score matching losses (docs/theory.md#objectives).
 
 Per example, with d = numel per sample, y = x + sqrt(t) z:
 

@@ -19,7 +19,7 @@ documents, all rendered before any is written, each written atomically.
 Numbers are formatted by :func:`pm` (value ± spread: two significant digits of a spread
 whose leading digit is 1 or 2, else one, and the value to the same decimal), :func:`sig`
 (significant digits) and :func:`interval`; negative numbers carry a true minus sign (−),
-as in the rest of the documentation. Units: log p in dB/dim (docs/method.md#units) unless
+as in the rest of the documentation. Units: log p in dB/dim (docs/theory.md#units) unless
 a column says otherwise.
 """
 

@@ -1,6 +1,6 @@
 """Unit conversions for energies and log-likelihoods.
 
-Conventions (docs/method.md#units): an energy ``U`` is in nats and already includes the
+Conventions (docs/theory.md#units): an energy ``U`` is in nats and already includes the
 normalization constant, so ``-log p(x) = U``; ``d`` is the number of pixel values
 (C*H*W). log p in dB/dim is ``-10 U / (d ln 10)``: +10 dB/dim means a density
 10^d times larger. The discrete 8-bit NLL in bits/dim assumes a uniform density

@@ -1,5 +1,5 @@
 """Figure 1: the exact Gaussian scale mixture, the mixture-of-quadratics model, the
-metrics, and a tiny end-to-end `dsm fig1` (docs/method.md#figure-1-a-gaussian-scale-mixture)."""
+metrics, and a tiny end-to-end `dsm fig1` (docs/theory.md#figure-1-a-gaussian-scale-mixture)."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_gsm_sample(gsm):
 
 def test_gsm_entropy(gsm):
     """Quadrature entropy: exact for one Gaussian, Σ w_i H_i + H(w) for separated shells,
-    and the Monte-Carlo mean of the exact U at t_max; the isotropic entropy of docs/method.md#normalization-constant is
+    and the Monte-Carlo mean of the exact U at t_max; the isotropic entropy of docs/theory.md#normalization-constant is
     0.174 dB/dim off for this data (the reason for fig1.norm_entropy: data_variance)."""
     g1 = GaussianScaleMixture(1000, (2.0,), (1.0,))
     assert g1.entropy(3.0) == pytest.approx(500 * math.log(2 * math.pi * math.e * 7.0), rel=1e-12)
@@ -205,7 +205,7 @@ def test_model_family_contains_the_truth(gsm, t):
 
 
 def test_normalization_constant_of_an_exact_model():
-    """Exact N(0, σ²I) model (normalized, so the right c is 0): the isotropic normalization (docs/method.md#normalization-constant)
+    """Exact N(0, σ²I) model (normalized, so the right c is 0): the isotropic normalization (docs/theory.md#normalization-constant)
     gives c = (d/2) ln(t_max / (σ² + t_max)) ± MC error; with the data variance, c ≈ 0."""
     g1 = GaussianScaleMixture(1000, (1.0,), (1.0,))
     m = ExactCoefficients(g1).float()

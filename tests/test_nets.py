@@ -34,7 +34,7 @@ def rel(a, b):
 
 
 def test_released_parameter_count():
-    # docs/method.md#the-unet: widths 64/128/256, mid 512, 3 layers per block: about 8.65 M at 64x64.
+    # docs/theory.md#the-unet: widths 64/128/256, mid 512, 3 layers per block: about 8.65 M at 64x64.
     net = build_network({"widths": [64, 128, 256], "mid_width": 512}, 3, 64)
     n = sum(p.numel() for p in net.parameters())
     assert abs(n - 8.65e6) / 8.65e6 < 0.005, n
@@ -104,7 +104,7 @@ def test_exact_homogeneity_and_euler(over):
 
 def test_score_is_not_the_network_output_at_init():
     # grad U = ½(s + Jᵀy) equals s only for a symmetric Jacobian, which a random
-    # network does not have (docs/method.md#energy-from-a-score-network: relative difference ≈ 0.9; here 0.85, and
+    # network does not have (docs/theory.md#energy-from-a-score-network: relative difference ≈ 0.9; here 0.85, and
     # 1.07 for a 3-scale width-16 net), although Euler's identity holds exactly above.
     net = tiny_net(**HOMOGENEOUS[0])
     y, t = batch()

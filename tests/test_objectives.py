@@ -1,4 +1,4 @@
-"""Objectives against closed forms for Gaussian data N(mu, sigma² I) (docs/method.md#objectives).
+"""Objectives against closed forms for Gaussian data N(mu, sigma² I) (docs/theory.md#objectives).
 
 For Gaussian data the noisy energy is exact:
     U(y, t) = ||y - mu||² / (2 (sigma² + t)) + (d/2) log(2 pi (sigma² + t)),

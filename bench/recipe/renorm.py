@@ -1,4 +1,4 @@
-"""Re-normalize a trained model at other noise levels T (docs/method.md#normalization-constant, at T instead of train.t_max),
+"""Re-normalize a trained model at other noise levels T (docs/theory.md#normalization-constant, at T instead of train.t_max),
 isotropic and data-variance entropy, and report its mean log p error against the exact log p.
 
     python bench/recipe/renorm.py results/recipe/TAG/N100000-A-s1.parquet MODEL.pt --T 0.1 0.3 1

@@ -1,8 +1,8 @@
 """Where does a model's log p bias come from? A budget against an exact density.
 
-For a source with an exact density at every noise level (``field``, docs/method.md#the-exact-likelihood-benchmark-field) the
+For a source with an exact density at every noise level (``field``, docs/theory.md#the-exact-likelihood-benchmark-field) the
 mean error of the one-shot log p splits exactly into three parts. Notation: U the exact
-energy (-log p(y | t), nats), U_θ the model's, c its normalization constant (docs/method.md#normalization-constant),
+energy (-log p(y | t), nats), U_θ the model's, c its normalization constant (docs/theory.md#normalization-constant),
 e(y, t) = U_θ(y, t) + c - U(y, t) the error of the normalized energy, d pixels,
 y_t = x + √t z with x a clean image and z ~ N(0, I) held fixed along the path, T = t_max.
 Then for every x, with E over z,

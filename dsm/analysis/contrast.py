@@ -1,5 +1,5 @@
 """Figure 4's data: log p under changes of contrast and brightness, and log p against
-sparsity (docs/method.md#the-analyses; paper §3.2, App. B.3).
+sparsity (docs/theory.md#the-analyses; paper §3.2, App. B.3).
 
 **Contrast and brightness.** For an image x with pixels in [0, 1] and mean pixel value
 x̄ (over all pixels and channels), the transformed image is

@@ -1,5 +1,5 @@
 """Table 1: denoising PSNR of the energy and the score network across noise levels
-(docs/method.md#units, #the-analyses; paper Table 1).
+(docs/theory.md#units, #the-analyses; paper Table 1).
 
 At each input PSNR p of ``figures.table1.psnr`` the noise variance is ``t = 10^(-p/10)``
 (peak 1: pixels in [0, 1]). Every test image x (the first ``n_images`` of the test part)

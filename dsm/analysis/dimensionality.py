@@ -1,5 +1,5 @@
 """Figure 5: E[log p(y, t) | x] and the effective dimensionality across noise levels
-(docs/method.md#effective-dimensionality; paper §3.3, eqs. 11–12).
+(docs/theory.md#effective-dimensionality; paper §3.3, eqs. 11–12).
 
 For a clean image x, noise draws ``z_k`` (k = 1 … K) and ``y_k = x + √t z_k``, from the
 model's energy U, space score ∇_y U and time score ∂_t U at the same draws:

@@ -24,7 +24,7 @@ Outputs:
   one_shot_logp_db_per_dim (the one-shot value of the same density), nfe, seconds and
   cpu_seconds per image (the batch's, divided by its images);
 * CSV (``results/<scale>/estimators.csv``), one row per (density, estimator), all log p
-  in dB/dim (docs/method.md#units; positive = the estimator finds the image more probable):
+  in dB/dim (docs/theory.md#units; positive = the estimator finds the image more probable):
 
   ===========================  ==============================================================
   ``bias_db_per_dim``          mean over images and repeats of log p_est - log p_exact

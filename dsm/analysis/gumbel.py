@@ -1,5 +1,5 @@
 """The distribution of per-image log p over a test set: a maximum-likelihood Gumbel fit
-(docs/method.md#the-analyses, "Gumbel fit"; paper §3.2, App. C.3), and its rivals.
+(docs/theory.md#the-analyses, "Gumbel fit"; paper §3.2, App. C.3), and its rivals.
 
 Input: one numeric column of a per-image table (default ``logp_db_per_dim`` of
 ``results/<scale>/full/logp-test.parquet``: log p in dB/dim, one row per test image).

@@ -1,4 +1,4 @@
-"""Test-set negative log-likelihood with its conventions explicit (Table 2; docs/method.md#units).
+"""Test-set negative log-likelihood with its conventions explicit (Table 2; docs/theory.md#units).
 
 From the full model's per-image table of the whole test set
 (``results/<scale>/full/logp-test.parquet``: ``energy_nats`` = -log p(x) in nats, ``d``),

@@ -1,5 +1,5 @@
 """Sparsity of an image: the participation ratio of its multi-scale wavelet coefficients
-(docs/method.md#the-analyses; paper Figure 4, right).
+(docs/theory.md#the-analyses; paper Figure 4, right).
 
 An image (C, H, W) is decomposed per channel by the 2-D discrete wavelet transform of
 PyWavelets (``pywt.wavedec2``, ``mode='periodization'``: for a power-of-two size the

@@ -1,4 +1,4 @@
-"""``field``: synthetic grayscale images with an exactly computable density (docs/method.md#the-exact-likelihood-benchmark-field).
+"""``field``: synthetic grayscale images with an exactly computable density (docs/theory.md#the-exact-likelihood-benchmark-field).
 
 ``x = μ 1 + s g``: g is a stationary Gaussian field whose covariance is diagonal in the
 orthonormal 2-D DCT basis (``scipy.fft.dctn(norm='ortho')``, here the matrix D with
@@ -223,7 +223,7 @@ class FieldDensity:
         return float(m), se
 
     def d_eff(self, t: float, n: int = 30_000, seed: int = 0) -> tuple[float, float]:
-        """Effective dimensionality E_{x,y} ||x - E[x|y]||² / t (docs/method.md#effective-dimensionality, eq. 11), and its SE.
+        """Effective dimensionality E_{x,y} ||x - E[x|y]||² / t (docs/theory.md#effective-dimensionality, eq. 11), and its SE.
 
         Closed form ``Σ_k s²λ_k / (s²λ_k + t)`` for K = 1. For K > 1, the posterior
         is a mixture of Gaussians: MMSE = Σ_j w_j tr(Σ_j^post) (exact) + E[Σ_j r_j

@@ -1,7 +1,7 @@
 """The Gaussian scale mixture of Figure 1: an exact density at every noise level.
 
 ``x ~ Σ_i w_i N(0, σ_i² I_d)``, by default d = 1000, σ = (1, 4), w = (½, ½)
-(docs/method.md#figure-1-a-gaussian-scale-mixture). Adding noise of variance t per dimension keeps it a scale mixture,
+(docs/theory.md#figure-1-a-gaussian-scale-mixture). Adding noise of variance t per dimension keeps it a scale mixture,
 ``y ~ Σ_i w_i N(0, v_i I_d)`` with ``v_i = σ_i² + t``, so the noisy energy
 
     U(y, t) = -log Σ_i w_i N(y; 0, v_i I) = -logsumexp_i [log w_i - r²/(2 v_i) - (d/2) log(2π v_i)]
@@ -168,7 +168,7 @@ class GaussianScaleMixture:
         """Entropy (nats) of the Gaussian with the same covariance, (d/2) ln(2πe (E σ² + t)).
 
         An upper bound on the true entropy at t; it is what the normalization constant
-        of docs/method.md#normalization-constant assumes at t_max when the data variance is accounted for.
+        of docs/theory.md#normalization-constant assumes at t_max when the data variance is accounted for.
         """
         var = float(np.dot(self.weights, np.square(self.sigmas)))
         return 0.5 * self.d * math.log(2 * math.pi * math.e * (var + t))

@@ -1,4 +1,4 @@
-"""``dsm split``: the disjoint, nested training sets A and B of docs/method.md#the-analyses.
+"""``dsm split``: the disjoint, nested training sets A and B of docs/theory.md#the-analyses.
 
 From a prepared training part of n images: A_N = images 0 … N-1 (the first N),
 B_N = images n-N … n-1 (the last N), for each N of ``split.N``

@@ -1,10 +1,10 @@
-"""Figure 1: single vs dual score matching on a Gaussian scale mixture (docs/method.md#figure-1-a-gaussian-scale-mixture).
+"""Figure 1: single vs dual score matching on a Gaussian scale mixture (docs/theory.md#figure-1-a-gaussian-scale-mixture).
 
 The experiment and its figure in one place, because it is small: sample the d = 1000
 two-Gaussian scale mixture (:mod:`dsm.data.gsm`), train the mixture-of-quadratics
 energy (:mod:`dsm.nets.gsm_mlp`) twice from the same seed, once by single score
 matching (the DSM term alone, on the energy's gradient) and once by dual score
-matching (DSM + TSM), normalize both with the constant of docs/method.md#normalization-constant at t_max,
+matching (DSM + TSM), normalize both with the constant of docs/theory.md#normalization-constant at t_max,
 and compare the learned log p(x), read at the smallest trained noise level
 t = ``t_eval`` (default t_min = 1e-2), with the exact log p(x) (t = 0).
 
@@ -63,7 +63,7 @@ HEADLINE = {"dual_max_abs_err_db_per_dim": ("dsm", "max_abs"),
 
 def fig1_params(cfg: dict) -> dict:
     """The resolved `fig1` parameters: cfg['fig1'] validated, with the schema's defaults
-    (the paper's setting, docs/method.md#figure-1-a-gaussian-scale-mixture; workflow/schemas/params.schema.yaml)."""
+    (the paper's setting, docs/theory.md#figure-1-a-gaussian-scale-mixture; workflow/schemas/params.schema.yaml)."""
     from dsm.config import resolve_section
 
     p = resolve_section((cfg or {}).get("fig1"), "fig1", "fig1")
@@ -183,7 +183,7 @@ def run_fig1(p: dict, out, device=None) -> dict:
     metrics = {"t_eval": t_eval, "t_true": 0.0, "r_range": list(p["r_range"]),
                "units": "log p in dB/dim",
                "evaluation": "learned energy at t = t_eval (+ c) against the exact log p(x) at t = 0",
-               "normalization": f"docs/method.md#normalization-constant at t_max on n_norm held-out samples, entropy "
+               "normalization": f"docs/theory.md#normalization-constant at t_max on n_norm held-out samples, entropy "
                                 f"'{p['norm_entropy']}' ('{other}' under normalization_alternative)",
                "shifts": "max_abs_shifted uses the minimax shift (max+min)/2; rms_shifted the mean shift",
                "params": p, "code_version": code_version()}

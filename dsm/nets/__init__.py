@@ -1,5 +1,5 @@
 """Networks: the homogeneous UNet, its normalization and noise embedding, and the
-energy / score-only wrappers (docs/method.md#the-model, docs/DESIGN.md "Models")."""
+energy / score-only wrappers (docs/theory.md#the-model, docs/DESIGN.md "Models")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Noise-level embedding: Fourier features of t (or of log t) followed by a small MLP.
 
-docs/method.md#noise-embedding: 32 frequencies, cos and sin (64 features) -> MLP 64 -> 256 -> 256 with
+docs/theory.md#noise-embedding: 32 frequencies, cos and sin (64 features) -> MLP 64 -> 256 -> 256 with
 SiLU. Each normalization layer then maps the 256-d embedding to its own per-channel
 gains (see norm.py); the embedding itself never touches the image path additively,
 so the network stays bias-free in y.

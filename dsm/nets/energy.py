@@ -1,4 +1,4 @@
-"""Energy and score-only wrappers around a network s(y, t) (docs/method.md#energy-from-a-score-network).
+"""Energy and score-only wrappers around a network s(y, t) (docs/theory.md#energy-from-a-score-network).
 
 EnergyModel:  U(y, t) = ½ <y, s(y, t)> + c(t), the first term summed over all non-batch
               axes (nats, up to a constant); c(t) the optional y-independent term
@@ -27,7 +27,7 @@ class EnergyModel(nn.Module):
     """U(y, t) = ½ <y, s(y, t)> for a network net(y, t) -> same shape as y.
 
     grad_mode selects how energy_and_scores gets (∇_y U, ∂_t U) for training:
-      "autograd":  one torch.autograd.grad(U.sum(), (y, t)) (docs/method.md#objectives), the reference;
+      "autograd":  one torch.autograd.grad(U.sum(), (y, t)) (docs/theory.md#objectives), the reference;
       "embedding": one torch.autograd.grad(U.sum(), (y, emb)) with emb = embedding(t),
                    then ∂_t U = <∂U/∂emb, d emb/dt> with d emb/dt by forward mode through
                    the small embedding MLP only (nets exposing .embed/.forward_emb).

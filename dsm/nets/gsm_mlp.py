@@ -2,7 +2,7 @@
 
     U(y, t) = -logsumexp_i ( -(a_i(t) ||y||² + b_i(t)) ),   i = 1..K (K = 2)
 
-(docs/method.md#figure-1-a-gaussian-scale-mixture). ``(a, b/d)`` are the 2K outputs of an MLP (default 5 linear layers,
+(docs/theory.md#figure-1-a-gaussian-scale-mixture). ``(a, b/d)`` are the 2K outputs of an MLP (default 5 linear layers,
 width 256, GELU) of the single feature ln(t + t_min); ``a = softplus(.)`` keeps each
 component a normalizable Gaussian (a_i > 0). The family contains the exact noisy
 energy of a centred Gaussian scale mixture, a_i = 1/(2(σ_i² + t)) and

@@ -1,6 +1,6 @@
 """Homogeneous instance normalization with noise-conditioned multiplicative gains.
 
-docs/method.md#homogeneous-instance-normalization. Per sample b and channel c, over the spatial axes:
+docs/theory.md#homogeneous-instance-normalization. Per sample b and channel c, over the spatial axes:
 
     out = (h - mu_bc) * sqrt(vbar_b / (v_bc + eps) + eps) * gamma_c * (1 + e_c(t))
 

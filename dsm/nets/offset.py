@@ -6,7 +6,7 @@ Why it exists: ½⟨y, f(y, t)⟩ with a bias-free network f is (nearly) homogen
 change of that part with t (it is what transports the normalization constant from a large
 noise level down to t = 0), and without a term for it the network cannot. c(t) adds it
 without touching the space score: ∇_y U and the denoiser y - t ∇_y U are unchanged, ∂_t U
-gains c'(t). See docs/method.md (the energy model).
+gains c'(t). See docs/theory.md (the energy model).
 
 Forms (``model.offset``):
 

@@ -1,4 +1,4 @@
-"""Bias-free, noise-conditioned UNet s(y, t) of docs/method.md#the-unet [release layout].
+"""Bias-free, noise-conditioned UNet s(y, t) of docs/theory.md#the-unet [release layout].
 
 Scale i (0 = full resolution) has width widths[i]; the middle block has mid_width.
 Every block has `layers_per_block` layers conv (no bias) -> homogeneous norm -> act:
